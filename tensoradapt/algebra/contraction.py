@@ -1,0 +1,98 @@
+"""Planned contractions: the tensor product of leaves, planned once per shape with opt_einsum."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import opt_einsum
+import torch
+import torch.nn.functional as F
+
+__all__ = ["product_equation", "planned_expression", "materialize", "kron_chain"]
+
+
+def product_equation(order: int, *, keep_rank: bool) -> str:
+    """The einsum equation of an order-``N`` tensor product over a batch and a rank axis.
+
+    Operands are the ``N`` leaves, each ``(batch, rank, q)``; legend ``b`` batch,
+    ``r`` rank, one letter per leaf axis. With ``keep_rank`` the rank axis stays in the
+    output (``b r a c ...``), otherwise it is summed (``b a c ...``).
+
+    >>> product_equation(2, keep_rank=False)
+    'bra,brc->bac'
+    """
+    letters = [opt_einsum.get_symbol(i) for i in range(order + 4) if opt_einsum.get_symbol(i) not in "br"][:order]
+    inputs = ",".join(f"br{letter}" for letter in letters)
+    output = ("br" if keep_rank else "b") + "".join(letters)
+    return f"{inputs}->{output}"
+
+
+@lru_cache(maxsize=512)
+def planned_expression(equation: str, shapes: tuple[tuple[int, ...], ...]) -> opt_einsum.contract.ContractExpression:
+    """The opt_einsum plan for ``equation`` on operands of ``shapes``, built once and cached.
+
+    The plan (the pairwise order of the contraction) depends only on the equation and the
+    shapes, so it is computed on the first call and reused by every later call.
+    """
+    return opt_einsum.contract_expression(equation, *shapes, optimize="optimal" if len(shapes) <= 6 else "greedy")
+
+
+def kron_chain(leaves: torch.Tensor, *, normalize_outer: bool = False) -> torch.Tensor:
+    """Pairwise products of the leaves, left to right, keeping the rank axis.
+
+    Args:
+        leaves: ``(batch, rank, order, q)``.
+        normalize_outer: apply a parameter-free LayerNorm over the flattened outer product
+            after every pairwise product (the TensorPoly reference code's option).
+
+    Returns:
+        ``(batch, rank, q ** order)``: per rank, ``leaf_0 (x) leaf_1 (x) ...`` in ``torch.kron``
+        (row-major) order.
+    """
+    product = leaves[:, :, 0, :]
+    for n in range(1, leaves.shape[2]):
+        product = (product.unsqueeze(-1) * leaves[:, :, n, :].unsqueeze(-2)).flatten(-2)
+        if normalize_outer:
+            product = F.layer_norm(product, product.shape[-1:])
+    return product
+
+
+def materialize(
+    leaves: torch.Tensor,
+    dim: int,
+    *,
+    keep_rank: bool = False,
+    normalize_outer: bool = False,
+) -> torch.Tensor:
+    """Materialise entangled vectors from their leaves.
+
+    ``v = sum_r leaves[r, 0] (x) leaves[r, 1] (x) ... (x) leaves[r, N-1]``, flattened row-major
+    (as ``torch.kron`` orders it) and cut to its first ``dim`` entries.
+
+    Args:
+        leaves: ``(*batch, rank, order, q)`` with ``q ** order >= dim``.
+        dim: size of the vectors.
+        keep_rank: return each rank's simple tensor instead of their sum.
+        normalize_outer: LayerNorm after each pairwise outer product (reference-code option;
+            uses the sequential pairwise path instead of the planned contraction).
+
+    Returns:
+        ``(*batch, dim)``, or ``(*batch, rank, dim)`` with ``keep_rank``.
+    """
+    if leaves.dim() < 3:
+        raise ValueError(f"leaves must have shape (*batch, rank, order, q), got {tuple(leaves.shape)}")
+    *batch_shape, rank, order, q = leaves.shape
+    if q**order < dim:
+        raise ValueError(f"leaves of size q={q} and order {order} give {q**order} entries, fewer than dim={dim}")
+    flat = leaves.reshape(-1, rank, order, q)
+    if normalize_outer or order == 1:
+        product = kron_chain(flat, normalize_outer=normalize_outer)
+        if not keep_rank:
+            product = product.sum(dim=1)
+    else:
+        operands = [flat[:, :, n, :] for n in range(order)]
+        equation = product_equation(order, keep_rank=keep_rank)
+        expression = planned_expression(equation, tuple(tuple(op.shape) for op in operands))
+        product = expression(*operands, backend="torch").flatten(-order)
+    product = product[..., :dim]
+    return product.reshape(*batch_shape, *((rank,) if keep_rank else ()), dim)
