@@ -1,0 +1,141 @@
+"""Adapter configuration: one dataclass for every method, serialised to ``adapter_config.json``."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["AdapterConfig", "METHODS", "TRAINING_MODES", "ROUTING_NOISES", "INITS"]
+
+METHODS: tuple[str, ...] = ("lora", "tlora", "poly", "mhr", "tensorpoly_i", "tensorpoly_ii", "trex")
+TRAINING_MODES: tuple[str, ...] = ("full", "routing_only", "modules_only")
+ROUTING_NOISES: tuple[str, ...] = ("relaxed_bernoulli", "none")
+INITS: tuple[str, ...] = ("reference", "lora")
+CONFIG_NAME = "adapter_config.json"
+
+
+@dataclass
+class AdapterConfig:
+    """Everything that defines an adapter; every field has a default and help text.
+
+    Methods and the fields they read:
+
+    * ``lora``: ``lora_rank``. ``tlora``: ``lora_rank``, ``tensor_rank``, ``order``.
+    * ``poly``: ``lora_rank``, ``n_skills``, ``n_tasks``. ``mhr``: the same plus ``n_heads``.
+    * ``tensorpoly_i`` (routes the ``tensor_rank`` simple tensors) and ``tensorpoly_ii`` (routes
+      every order's leaves): ``lora_rank``, ``tensor_rank``, ``order``, ``n_tasks``.
+    * ``trex``: ``trex_down`` (r1), ``trex_up`` (r2), the ``trex_*`` router options; with
+      ``trex_entangled`` the vectors are entangled tensors of ``tensor_rank`` and ``order``.
+    """
+
+    method: str = field(default="lora", metadata={"help": f"one of {METHODS}"})
+    target_modules: str | None = field(
+        default=None,
+        metadata={"help": "regex, full match on module names; None picks the built-in default for the model type"},
+    )
+    n_tasks: int = field(default=1, metadata={"help": "rows of the task-routing matrix (routed methods)"})
+    lora_rank: int = field(default=1, metadata={"help": "LoRA rank r of every expert / skill"})
+    lora_alpha: float | None = field(
+        default=None, metadata={"help": "delta scaled by lora_alpha / lora_rank; None means 1 / lora_rank (the paper)"}
+    )
+    n_skills: int = field(default=8, metadata={"help": "skills S in the Poly / MHR inventory"})
+    n_heads: int = field(default=1, metadata={"help": "MHR heads H; must divide d_in and d_out"})
+    tensor_rank: int = field(default=1, metadata={"help": "tensor rank R of every entangled column / row"})
+    order: int = field(default=2, metadata={"help": "tensor order N (number of leaves)"})
+    init: str = field(
+        default="reference",
+        metadata={
+            "help": "'reference': A and B uniform(+-gain/sqrt(d_in)) as the TensorPoly code (B not zero); "
+            "'lora': A Kaiming, B zero (zero-output scheme for entangled B)"
+        },
+    )
+    normalize_outer: bool = field(
+        default=False, metadata={"help": "parameter-free LayerNorm after each outer product (reference-code option)"}
+    )
+    routing_noise: str = field(
+        default="relaxed_bernoulli",
+        metadata={"help": "'relaxed_bernoulli' (Gumbel-sigmoid while training, Poly) or 'none' (sigmoid always)"},
+    )
+    routing_temperature: float = field(default=1.0, metadata={"help": "temperature of the relaxed Bernoulli"})
+    routing_init_range: float = field(default=1e-3, metadata={"help": "routing logits init uniform(+-range)"})
+    mode: str = field(default="full", metadata={"help": f"training mode, one of {TRAINING_MODES}"})
+    dropout: float = field(default=0.0, metadata={"help": "dropout on the adapter's input"})
+    trex_down: int = field(default=4, metadata={"help": "T-REX r1: down (a_i) vectors per layer"})
+    trex_up: int = field(default=8, metadata={"help": "T-REX r2: up (b_j) vectors per layer"})
+    trex_top_k: int | None = field(default=None, metadata={"help": "T-REX: keep the top-k pairs per token"})
+    trex_balance_weight: float = field(default=0.0, metadata={"help": "T-REX: load-balancing loss weight (top-k)"})
+    trex_n_clusters: int = field(default=32, metadata={"help": "T-REX: k of the semantic prior's k-means"})
+    trex_entangled: bool = field(default=False, metadata={"help": "T-REX: vectors as entangled tensors"})
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first bad field and what would fix it."""
+        if self.method not in METHODS:
+            raise ValueError(f"method={self.method!r} is unknown; choose one of {METHODS}")
+        if self.mode not in TRAINING_MODES:
+            raise ValueError(f"mode={self.mode!r} is unknown; choose one of {TRAINING_MODES}")
+        if self.routing_noise not in ROUTING_NOISES:
+            raise ValueError(f"routing_noise={self.routing_noise!r} is unknown; choose one of {ROUTING_NOISES}")
+        if self.init not in INITS:
+            raise ValueError(f"init={self.init!r} is unknown; choose one of {INITS}")
+        for name in ("n_tasks", "lora_rank", "n_skills", "n_heads", "tensor_rank", "order", "trex_down", "trex_up",
+                     "trex_n_clusters"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if self.trex_top_k is not None and not 1 <= self.trex_top_k <= self.trex_down * self.trex_up:
+            raise ValueError(f"trex_top_k must lie in [1, trex_down * trex_up], got {self.trex_top_k}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must lie in [0, 1), got {self.dropout}")
+        if self.routing_temperature <= 0:
+            raise ValueError(f"routing_temperature must be > 0, got {self.routing_temperature}")
+
+    @property
+    def scaling(self) -> float:
+        """Factor on ``B A``: ``lora_alpha / lora_rank`` (``1 / lora_rank`` by default)."""
+        return (1.0 if self.lora_alpha is None else self.lora_alpha) / self.lora_rank
+
+    @property
+    def is_routed(self) -> bool:
+        """Whether the method has a task-routing matrix."""
+        return self.method in ("poly", "mhr", "tensorpoly_i", "tensorpoly_ii")
+
+    @property
+    def is_entangled(self) -> bool:
+        """Whether A and B are entangled tensors."""
+        return self.method in ("tlora", "tensorpoly_i", "tensorpoly_ii") or (
+            self.method == "trex" and self.trex_entangled
+        )
+
+    def to_dict(self) -> dict:
+        """Plain JSON-serialisable dict of the fields."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "AdapterConfig":
+        """Inverse of :meth:`to_dict`; unknown keys raise a ``ValueError`` naming them."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown adapter config keys {unknown}; known keys are {sorted(known)}")
+        return cls(**values)
+
+    def to_json(self, path: str | os.PathLike) -> None:
+        """Write ``adapter_config.json`` content to ``path`` (a file or a directory)."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / CONFIG_NAME
+        path.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def from_json(cls, path: str | os.PathLike) -> "AdapterConfig":
+        """Read a config from a file or a directory holding ``adapter_config.json``."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / CONFIG_NAME
+        return cls.from_dict(json.loads(path.read_text()))
