@@ -1,6 +1,60 @@
-"""tensoradapt: tensor-product adapters and mixtures of latent experts for PyTorch models."""
+"""tensoradapt: tensor-product adapters and mixtures of latent experts for PyTorch models.
+
+Layers, each built on the ones before it: :mod:`tensoradapt.algebra` (entangled tensors),
+:mod:`tensoradapt.experts` (LoRA / TLoRA / rank-one banks), :mod:`tensoradapt.routing`
+(Poly, MHR, TensorPoly-I/II, T-REX combiners), and model surgery (:func:`inject`, save / load,
+export).
+"""
 
 from tensoradapt.algebra import EntangledTensor, fit_leaves, leaf_size, materialize
+from tensoradapt.checkpoint import adapter_state_dict, load_adapter, save_adapter
+from tensoradapt.config import METHODS, TRAINING_MODES, AdapterConfig
+from tensoradapt.export import export_peft_lora, task_lora_matrices
+from tensoradapt.layers import AdaptedLinear
+from tensoradapt.model import (
+    adapted_layers,
+    adapter_config,
+    disable_adapters,
+    inject,
+    merge,
+    unmerge,
+    use_routing,
+)
+from tensoradapt.trainable import (
+    add_task,
+    count_parameters,
+    parameter_groups,
+    reset_routing,
+    set_training_mode,
+    trainable_parameters,
+)
 
-__all__ = ["EntangledTensor", "fit_leaves", "leaf_size", "materialize"]
+__all__ = [
+    "METHODS",
+    "TRAINING_MODES",
+    "AdaptedLinear",
+    "AdapterConfig",
+    "EntangledTensor",
+    "adapted_layers",
+    "adapter_config",
+    "adapter_state_dict",
+    "add_task",
+    "count_parameters",
+    "disable_adapters",
+    "export_peft_lora",
+    "fit_leaves",
+    "inject",
+    "leaf_size",
+    "load_adapter",
+    "materialize",
+    "merge",
+    "parameter_groups",
+    "reset_routing",
+    "save_adapter",
+    "set_training_mode",
+    "task_lora_matrices",
+    "trainable_parameters",
+    "unmerge",
+    "use_routing",
+]
 __version__ = "0.1.0"

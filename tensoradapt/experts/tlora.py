@@ -1,0 +1,103 @@
+"""TLoRA bank: every column of ``A`` and row of ``B`` an entangled tensor of rank ``R``, order ``N``."""
+
+from __future__ import annotations
+
+import torch
+
+from tensoradapt.algebra.contraction import materialize
+from tensoradapt.algebra.entangled import EntangledTensor, check_positive
+from tensoradapt.experts.base import REFERENCE_GAIN, ExpertBank, lora_a_std
+
+__all__ = ["TLoRABank", "TLORA_INITS"]
+
+TLORA_INITS: tuple[str, ...] = ("reference", "lora")
+
+
+class TLoRABank(ExpertBank):
+    """TLoRA: ``A (d_in x r)`` and ``B (r x d_out)`` with each of the ``r`` columns / rows entangled.
+
+    Column ``c`` of ``A`` is ``sum_{k<R} (x)_{n<N} a[c, k, n]`` (leaves of size ``q(d_in, N)``), and
+    likewise for ``B``. The ``R`` simple tensors are the bank's skills (TensorPoly-I routes them);
+    their leaves can also be mixed per order before the product (TensorPoly-II).
+    Parameters: ``r * R * N * (q(d_in, N) + q(d_out, N))``.
+
+    Init:
+        ``reference`` (the TensorPoly code): every leaf of A and B ``uniform(+-gain / sqrt(d_in))``;
+        B is not zero (all-zero leaves never receive gradient).
+        ``lora``: A's entries have LoRA's Kaiming std; B uses the zero-output scheme (needs
+        ``R >= 2`` when ``N >= 2``), so the delta starts at zero with every leaf trainable.
+
+    Submodules:
+        ``down``: :class:`EntangledTensor` ``(d_in, R, N, batch_shape=(r,))``, leaves ``(r, R, N, q_in)``.
+        ``up``: :class:`EntangledTensor` ``(d_out, R, N, batch_shape=(r,))``, leaves ``(r, R, N, q_out)``.
+    """
+
+    def __init__(
+        self,
+        d_in: int,
+        d_out: int,
+        lora_rank: int,
+        tensor_rank: int,
+        order: int,
+        *,
+        init: str = "reference",
+        normalize_outer: bool = False,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ) -> None:
+        super().__init__()
+        for name, value in (("d_in", d_in), ("d_out", d_out), ("lora_rank", lora_rank)):
+            check_positive(name, value)
+        if init not in TLORA_INITS:
+            raise ValueError(f"init must be one of {TLORA_INITS}, got {init!r}")
+        self.d_in, self.d_out, self.lora_rank = d_in, d_out, lora_rank
+        self.tensor_rank, self.order = tensor_rank, order
+        common = dict(batch_shape=(lora_rank,), normalize_outer=normalize_outer, dtype=dtype, device=device)
+        if init == "reference":
+            bound = REFERENCE_GAIN / d_in**0.5
+            self.down = EntangledTensor(d_in, tensor_rank, order, init="leaf_uniform", bound=bound, **common)
+            self.up = EntangledTensor(d_out, tensor_rank, order, init="leaf_uniform", bound=bound, **common)
+        else:
+            self.down = EntangledTensor(d_in, tensor_rank, order, init="uniform", std=lora_a_std(d_in), **common)
+            self.up = EntangledTensor(d_out, tensor_rank, order, init="zero_output", std=lora_a_std(d_in), **common)
+
+    @property
+    def n_skills(self) -> int:
+        return self.tensor_rank
+
+    def skill_matrices(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each rank's simple tensors: ``A (R, d_in, r)``, ``B (R, r, d_out)``."""
+        down = self.down(keep_rank=True)  # (r, R, d_in)
+        up = self.up(keep_rank=True)  # (r, R, d_out)
+        return down.permute(1, 2, 0), up.transpose(0, 1)
+
+    def summed_matrices(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The TLoRA matrices: ``A (d_in, r)``, ``B (r, d_out)`` (ranks summed in the contraction)."""
+        return self.down().T, self.up()
+
+    def order_mixed_matrices(self, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mix every order's leaves over ranks, then take the product (TensorPoly-II).
+
+        ``A_t[:, c] = (x)_n sum_k w[t, n, k] a[c, k, n]``.
+
+        Args:
+            weights: ``(*batch, N, R)``.
+
+        Returns:
+            ``A (*batch, d_in, r)``, ``B (*batch, r, d_out)``.
+        """
+        down = self._mix_leaves(self.down, weights)  # (*batch, r, d_in)
+        up = self._mix_leaves(self.up, weights)  # (*batch, r, d_out)
+        return down.transpose(-1, -2), up
+
+    @staticmethod
+    def _mix_leaves(tensor: EntangledTensor, weights: torch.Tensor) -> torch.Tensor:
+        # legend: c LoRA column, k tensor rank, n order, q leaf entry
+        mixed = torch.einsum("...nk,cknq->...cnq", weights.to(tensor.leaves.dtype), tensor.leaves)
+        return materialize(mixed.unsqueeze(-3), tensor.dim, normalize_outer=tensor.normalize_outer)
+
+    def extra_repr(self) -> str:
+        return (
+            f"d_in={self.d_in}, d_out={self.d_out}, lora_rank={self.lora_rank}, "
+            f"tensor_rank={self.tensor_rank}, order={self.order}"
+        )

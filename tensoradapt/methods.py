@@ -1,0 +1,71 @@
+"""Which expert bank and which combiner make each method."""
+
+from __future__ import annotations
+
+import torch
+
+from tensoradapt.config import AdapterConfig
+from tensoradapt.experts import LoRABank, TLoRABank
+from tensoradapt.experts.base import ExpertBank
+from tensoradapt.routing import Combiner, LinearRouter, MultiHeadRouter, OrderRouter, RankRouter, SumCombiner
+
+__all__ = ["build_adapter"]
+
+
+def build_adapter(
+    config: AdapterConfig,
+    d_in: int,
+    d_out: int,
+    *,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+) -> tuple[ExpertBank, Combiner]:
+    """The ``(bank, combiner)`` pair of ``config.method`` for a linear map ``d_in -> d_out``.
+
+    ========================  =========================================  ==========================
+    method                    bank                                       combiner
+    ========================  =========================================  ==========================
+    ``lora``                  :class:`LoRABank` (1 skill)                :class:`SumCombiner`
+    ``tlora``                 :class:`TLoRABank` (R ranks)               :class:`SumCombiner`
+    ``poly``                  :class:`LoRABank` (S skills)               :class:`LinearRouter`
+    ``mhr``                   :class:`LoRABank` (S skills)               :class:`MultiHeadRouter`
+    ``tensorpoly_i``          :class:`TLoRABank`                         :class:`RankRouter`
+    ``tensorpoly_ii``         :class:`TLoRABank`                         :class:`OrderRouter`
+    ``trex``                  :class:`RankOneBank`                       :class:`TokenRouter`
+    ========================  =========================================  ==========================
+    """
+    placement = dict(dtype=dtype, device=device)
+    routing = dict(
+        noise=config.routing_noise,
+        temperature=config.routing_temperature,
+        init_range=config.routing_init_range,
+        **placement,
+    )
+    method = config.method
+    if method == "trex":
+        from tensoradapt.methods_trex import build_trex_adapter
+
+        return build_trex_adapter(config, d_in, d_out, **placement)
+    if method in ("lora", "poly", "mhr"):
+        n_skills = 1 if method == "lora" else config.n_skills
+        bank: ExpertBank = LoRABank(d_in, d_out, config.lora_rank, n_skills, **placement)
+    else:
+        bank = TLoRABank(
+            d_in,
+            d_out,
+            config.lora_rank,
+            config.tensor_rank,
+            config.order,
+            init=config.init,
+            normalize_outer=config.normalize_outer,
+            **placement,
+        )
+    if method in ("lora", "tlora"):
+        return bank, SumCombiner()
+    if method == "poly":
+        return bank, LinearRouter(config.n_tasks, config.n_skills, **routing)
+    if method == "mhr":
+        return bank, MultiHeadRouter(config.n_tasks, config.n_heads, config.n_skills, d_in=d_in, d_out=d_out, **routing)
+    if method == "tensorpoly_i":
+        return bank, RankRouter(config.n_tasks, config.tensor_rank, **routing)
+    return bank, OrderRouter(config.n_tasks, config.order, config.tensor_rank, **routing)

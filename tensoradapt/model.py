@@ -1,0 +1,203 @@
+"""Model surgery: inject adapters by name pattern and route task ids through every call."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from tensoradapt.config import AdapterConfig
+from tensoradapt.layers import AdaptedLinear, is_conv1d
+from tensoradapt.routing.base import TaskIds
+from tensoradapt.routing.state import RoutingInputs, RoutingState
+from tensoradapt.targets import default_target_pattern, find_targets
+
+__all__ = [
+    "inject",
+    "adapted_layers",
+    "adapter_config",
+    "routing_state",
+    "use_routing",
+    "merge",
+    "unmerge",
+    "disable_adapters",
+    "validate_task_ids",
+]
+
+_STATE_ATTR = "_tensoradapt_state"
+_CONFIG_ATTR = "_tensoradapt_config"
+
+
+def _accepts(module: nn.Module) -> bool:
+    return isinstance(module, nn.Linear) or is_conv1d(module)
+
+
+def adapted_layers(model: nn.Module) -> dict[str, AdaptedLinear]:
+    """``{module name: AdaptedLinear}`` in ``named_modules`` order."""
+    return {name: module for name, module in model.named_modules() if isinstance(module, AdaptedLinear)}
+
+
+def adapter_config(model: nn.Module) -> AdapterConfig:
+    """The config ``model`` was injected with; ``ValueError`` if it has no adapters."""
+    config = getattr(model, _CONFIG_ATTR, None)
+    if config is None:
+        raise ValueError(f"{type(model).__name__} has no tensoradapt adapters; call tensoradapt.inject(model, config)")
+    return config
+
+
+def routing_state(model: nn.Module) -> RoutingState:
+    """The routing state shared by ``model``'s adapted layers."""
+    adapter_config(model)
+    return getattr(model, _STATE_ATTR)
+
+
+def validate_task_ids(task_ids, n_tasks: int) -> TaskIds | None:
+    """Check task ids and put them in the form layers read.
+
+    ``int`` and 0-d tensors mean one task for the batch; a 1-d ``LongTensor`` gives one task per
+    example. Ids on the CPU are range-checked here (free: no device synchronisation); ids already
+    on an accelerator are taken as they are, to keep the forward free of host-device syncs.
+
+    Raises:
+        ValueError: an id outside ``[0, n_tasks)``, a non-integer dtype, or a tensor of rank > 1.
+    """
+    if task_ids is None:
+        return None
+    if isinstance(task_ids, bool) or not isinstance(task_ids, (int, torch.Tensor)):
+        raise ValueError(f"task_ids must be an int or a LongTensor (batch,), got {type(task_ids).__name__}")
+    if isinstance(task_ids, int):
+        if not 0 <= task_ids < n_tasks:
+            raise ValueError(f"task_ids={task_ids} is out of range: the adapters know tasks 0..{n_tasks - 1}")
+        return task_ids
+    if task_ids.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
+        raise ValueError(f"task_ids must hold integers, got dtype {task_ids.dtype}")
+    if task_ids.dim() > 1:
+        raise ValueError(f"task_ids must be 0-d or (batch,), got shape {tuple(task_ids.shape)}")
+    if task_ids.device.type == "cpu" and task_ids.numel():
+        low, high = int(task_ids.min()), int(task_ids.max())
+        if low < 0 or high >= n_tasks:
+            bad = low if low < 0 else high
+            raise ValueError(f"task_ids holds {bad}, out of range: the adapters know tasks 0..{n_tasks - 1}")
+    return task_ids.long()
+
+
+def _routing_inputs(model: nn.Module, kwargs: dict) -> RoutingInputs | None:
+    """Pop ``task_ids`` / ``semantic_prior`` from a call's kwargs; ``None`` when neither is given."""
+    if "task_ids" not in kwargs and "semantic_prior" not in kwargs:
+        return None
+    config = adapter_config(model)
+    task_ids = validate_task_ids(kwargs.pop("task_ids", None), config.n_tasks)
+    prior = kwargs.pop("semantic_prior", None)
+    device = _adapter_device(model)
+    if isinstance(task_ids, torch.Tensor) and task_ids.device != device:
+        task_ids = task_ids.to(device, non_blocking=True)
+    if prior is not None:
+        prior = prior.to(device, non_blocking=True)
+    return RoutingInputs(task_ids=task_ids, semantic_prior=prior)
+
+
+def _adapter_device(model: nn.Module) -> torch.device:
+    layer = next(iter(adapted_layers(model).values()))
+    return next(layer.bank.parameters()).device
+
+
+def _pre_hook(model: nn.Module, args, kwargs):
+    state = routing_state(model)
+    inputs = _routing_inputs(model, kwargs)
+    state.push(inputs if inputs is not None else state.current)
+    return args, kwargs
+
+
+def _post_hook(model: nn.Module, args, kwargs, output):
+    routing_state(model).pop()
+    return output
+
+
+def _wrap_generate(model: nn.Module) -> None:
+    generate = getattr(model, "generate", None)
+    if generate is None or getattr(generate, "_tensoradapt_wrapped", False):
+        return
+
+    @functools.wraps(generate)
+    def generate_with_routing(*args, **kwargs):
+        inputs = _routing_inputs(model, kwargs)
+        if inputs is None:
+            return generate(*args, **kwargs)
+        with routing_state(model).scope(inputs):
+            return generate(*args, **kwargs)
+
+    generate_with_routing._tensoradapt_wrapped = True
+    model.generate = generate_with_routing
+
+
+def inject(model: nn.Module, config: AdapterConfig) -> nn.Module:
+    """Replace every ``nn.Linear`` / ``Conv1D`` whose name fully matches ``config.target_modules``
+    (or the built-in pattern for the model type) by an :class:`AdaptedLinear`, in place.
+
+    All base parameters are frozen. Afterwards ``model(..., task_ids=t)`` routes the call
+    (``t``: ``int`` or ``LongTensor (batch,)``; T-REX also takes ``semantic_prior=(batch, k)``),
+    and so does ``model.generate(..., task_ids=t)``, beam search included.
+
+    Returns:
+        ``model`` itself.
+    """
+    if getattr(model, _CONFIG_ATTR, None) is not None:
+        raise ValueError(f"{type(model).__name__} already has tensoradapt adapters; inject once per model")
+    config = dataclasses.replace(config)  # the model owns its copy (reset_routing edits n_tasks)
+    pattern = config.target_modules or default_target_pattern(model)
+    names = find_targets(model, pattern, _accepts)
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    state = RoutingState()
+    for name in names:
+        parent_name, _, child_name = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        target = getattr(parent, child_name)
+        setattr(parent, child_name, AdaptedLinear(target, config, state).train(target.training))
+    setattr(model, _STATE_ATTR, state)
+    setattr(model, _CONFIG_ATTR, config)
+    model.register_forward_pre_hook(_pre_hook, with_kwargs=True)
+    model.register_forward_hook(_post_hook, with_kwargs=True, always_call=True)
+    _wrap_generate(model)
+    from tensoradapt.trainable import set_training_mode
+
+    set_training_mode(model, config.mode)
+    return model
+
+
+@contextmanager
+def use_routing(model: nn.Module, task_ids: TaskIds | None = None, semantic_prior: torch.Tensor | None = None):
+    """Route every call inside the block: ``with use_routing(model, task_ids=3): model.generate(...)``."""
+    inputs = _routing_inputs(model, {"task_ids": task_ids, "semantic_prior": semantic_prior})
+    with routing_state(model).scope(inputs):
+        yield model
+
+
+def merge(model: nn.Module, task: int | None = None) -> None:
+    """Fold task ``task``'s delta into every adapted layer's base weight (see :meth:`AdaptedLinear.merge`)."""
+    task = validate_task_ids(task, adapter_config(model).n_tasks)
+    for layer in adapted_layers(model).values():
+        layer.merge(task)
+
+
+def unmerge(model: nn.Module) -> None:
+    """Restore every merged base weight bit for bit."""
+    for layer in adapted_layers(model).values():
+        if layer.merged:
+            layer.unmerge()
+
+
+@contextmanager
+def disable_adapters(model: nn.Module):
+    """Run the base model alone inside the block."""
+    layers = list(adapted_layers(model).values())
+    for layer in layers:
+        layer.disabled = True
+    try:
+        yield model
+    finally:
+        for layer in layers:
+            layer.disabled = False

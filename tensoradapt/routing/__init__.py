@@ -1,0 +1,26 @@
+"""Layer 3, the combiners: how a task (or a token) mixes a bank's experts.
+
+* :class:`SumCombiner`: no routing (LoRA, TLoRA).
+* :class:`LinearRouter`: Poly. :class:`MultiHeadRouter`: MHR.
+* :class:`RankRouter`: TensorPoly-I. :class:`OrderRouter`: TensorPoly-II.
+"""
+
+from tensoradapt.routing.base import Combiner, TaskIds, TaskRouter, normalized_sigmoid_weights
+from tensoradapt.routing.fixed import SumCombiner
+from tensoradapt.routing.linear import LinearRouter, RankRouter, mix_skills
+from tensoradapt.routing.multihead import MultiHeadRouter, check_heads_divide
+from tensoradapt.routing.order import OrderRouter
+
+__all__ = [
+    "Combiner",
+    "LinearRouter",
+    "MultiHeadRouter",
+    "OrderRouter",
+    "RankRouter",
+    "SumCombiner",
+    "TaskIds",
+    "TaskRouter",
+    "check_heads_divide",
+    "mix_skills",
+    "normalized_sigmoid_weights",
+]

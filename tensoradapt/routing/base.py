@@ -1,0 +1,124 @@
+"""What every combiner shares: task-routing logits, their noise and normalisation."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.distributions import RelaxedBernoulli
+
+from tensoradapt.algebra.entangled import check_positive
+from tensoradapt.experts.base import ExpertBank
+
+__all__ = ["Combiner", "TaskRouter", "TaskIds", "normalized_sigmoid_weights"]
+
+#: A single task for the whole batch (``int``) or one task per example (``LongTensor (batch,)``).
+TaskIds = int | torch.Tensor
+
+_EPS = 1e-12
+
+
+def normalized_sigmoid_weights(
+    logits: torch.Tensor, *, training: bool, noise: str, temperature: float
+) -> torch.Tensor:
+    """Poly's routing weights: relaxed-Bernoulli samples (training, ``noise='relaxed_bernoulli'``)
+    or sigmoids, divided by their sum over the last axis.
+
+    Args:
+        logits: ``(..., S)``.
+
+    Returns:
+        ``(..., S)``, non-negative, summing to 1 over ``S``.
+    """
+    if training and noise == "relaxed_bernoulli":
+        temperature_tensor = torch.tensor(temperature, dtype=logits.dtype, device=logits.device)
+        weights = RelaxedBernoulli(temperature_tensor, logits=logits).rsample()
+    else:
+        weights = torch.sigmoid(logits)
+    return weights / (weights.sum(-1, keepdim=True) + _EPS)
+
+
+class Combiner(nn.Module):
+    """Turns an expert bank into the adapter matrices of the current task(s).
+
+    ``adapter_matrices(bank, task_ids)`` returns ``A (d_in, r)``, ``B (r, d_out)`` for one task
+    (``task_ids`` an ``int`` or ``None``) or ``A (batch, d_in, r)``, ``B (batch, r, d_out)`` for a
+    ``LongTensor (batch,)`` of task ids.
+    """
+
+    #: Whether the combiner holds task-routing logits.
+    routed: bool = False
+    #: Whether the routing depends on the tokens (T-REX): then the layer calls ``token_delta``.
+    token_routed: bool = False
+
+    def adapter_matrices(self, bank: ExpertBank, task_ids: TaskIds | None) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+
+class TaskRouter(Combiner):
+    """A combiner with a learned task-routing logit tensor ``(n_tasks, *route_shape)``.
+
+    Logits start ``uniform(+-init_range)``. With ``average=True`` (the few-shot *modules only*
+    mode, "mu") routing is dropped and every weight is ``1 / S``.
+    """
+
+    routed = True
+
+    def __init__(
+        self,
+        n_tasks: int,
+        route_shape: tuple[int, ...],
+        *,
+        noise: str = "relaxed_bernoulli",
+        temperature: float = 1.0,
+        init_range: float = 1e-3,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ) -> None:
+        super().__init__()
+        check_positive("n_tasks", n_tasks)
+        self.noise, self.temperature, self.init_range = noise, temperature, init_range
+        self.average = False
+        self.logits = nn.Parameter(torch.empty(n_tasks, *route_shape, dtype=dtype, device=device))
+        with torch.no_grad():
+            self.logits.uniform_(-init_range, init_range)
+
+    @property
+    def n_tasks(self) -> int:
+        """Rows of the routing tensor."""
+        return self.logits.shape[0]
+
+    def weights(self, task_ids: TaskIds | None) -> torch.Tensor:
+        """Routing weights ``route_shape`` for one task or ``(batch, *route_shape)`` for a batch."""
+        if self.average:
+            shape = self.logits.shape[1:] if not isinstance(task_ids, torch.Tensor) else (
+                task_ids.shape[0], *self.logits.shape[1:])
+            return self.logits.new_full(shape, 1.0 / self.logits.shape[-1])
+        if task_ids is None:
+            if self.n_tasks != 1:
+                raise ValueError(
+                    f"task_ids are missing for a router over {self.n_tasks} tasks: call model(..., task_ids=...) "
+                    "or wrap the call in tensoradapt.use_routing(model, task_ids=...)"
+                )
+            task_ids = 0
+        return normalized_sigmoid_weights(
+            self.logits[task_ids], training=self.training, noise=self.noise, temperature=self.temperature
+        )
+
+    @torch.no_grad()
+    def reset(self, n_tasks: int = 1) -> None:
+        """Replace the routing tensor by ``n_tasks`` fresh rows ``uniform(+-init_range)`` (few-shot)."""
+        check_positive("n_tasks", n_tasks)
+        fresh = torch.empty(n_tasks, *self.logits.shape[1:], dtype=self.logits.dtype, device=self.logits.device)
+        self.logits = nn.Parameter(fresh.uniform_(-self.init_range, self.init_range))
+
+    @torch.no_grad()
+    def add_task(self, init: str = "uniform") -> int:
+        """Append one task row (``uniform(+-init_range)`` or ``mean`` of the trained rows); returns its id."""
+        if init == "uniform":
+            row = torch.empty_like(self.logits[:1]).uniform_(-self.init_range, self.init_range)
+        elif init == "mean":
+            row = self.logits.mean(0, keepdim=True)
+        else:
+            raise ValueError(f"init must be 'uniform' or 'mean', got {init!r}")
+        self.logits = nn.Parameter(torch.cat([self.logits.detach(), row]))
+        return self.n_tasks - 1

@@ -1,0 +1,51 @@
+"""Linear routing (Poly) and rank routing (TensorPoly-I)."""
+
+from __future__ import annotations
+
+import torch
+
+from tensoradapt.experts.base import ExpertBank
+from tensoradapt.routing.base import TaskIds, TaskRouter
+
+__all__ = ["LinearRouter", "RankRouter", "mix_skills"]
+
+
+def mix_skills(
+    weights: torch.Tensor, down: torch.Tensor, up: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weighted sums of skills, legend ``s`` skill, ``i`` d_in, ``r`` rank, ``o`` d_out.
+
+    ``A = sum_s w_s A_s`` (``...s, s i r -> ... i r``), ``B = sum_s w_s B_s`` (``...s, s r o -> ... r o``).
+
+    Args:
+        weights: ``(S,)`` or ``(batch, S)``; down: ``(S, d_in, r)``; up: ``(S, r, d_out)``.
+    """
+    weights = weights.to(down.dtype)
+    if weights.dim() == 1:
+        return torch.tensordot(weights, down, dims=1), torch.tensordot(weights, up, dims=1)
+    s = down.shape[0]
+    mixed_down = (weights @ down.reshape(s, -1)).reshape(-1, *down.shape[1:])
+    mixed_up = (weights @ up.reshape(s, -1)).reshape(-1, *up.shape[1:])
+    return mixed_down, mixed_up
+
+
+class LinearRouter(TaskRouter):
+    """Poly (Ponti et al., 2023): a task x skill logit matrix ``Z (n_tasks, S)`` mixes the skills.
+
+    Weights: relaxed-Bernoulli samples in training (or sigmoids), normalised by their sum; the
+    task's adapter is ``A_t = sum_s w[t, s] A_s``, ``B_t = sum_s w[t, s] B_s``.
+    """
+
+    def __init__(self, n_tasks: int, n_skills: int, **kwargs) -> None:
+        super().__init__(n_tasks, (n_skills,), **kwargs)
+
+    def adapter_matrices(self, bank: ExpertBank, task_ids: TaskIds | None) -> tuple[torch.Tensor, torch.Tensor]:
+        return mix_skills(self.weights(task_ids), *bank.skill_matrices())
+
+
+class RankRouter(LinearRouter):
+    """TensorPoly-I: a task x tensor-rank matrix ``(n_tasks, R)`` weights the ``R`` simple tensors.
+
+    Mixing happens after the tensor product: ``A_t = sum_k w[t, k] (x)_n A[k, n]`` (per LoRA
+    column), the same for ``B``. It is Poly over a TLoRA bank whose skills are its rank components.
+    """
