@@ -8,6 +8,9 @@ __all__ = ["leaf_size", "integer_root_ceil"]
 def integer_root_ceil(value: int, order: int) -> int:
     """Smallest integer ``q`` with ``q ** order >= value``, computed without float rounding.
 
+    Integer Newton iteration for the floor root, started above it at
+    ``2 ** ceil(bits(value) / order)``, so it is exact and fast for integers of any size.
+
     Args:
         value: a positive integer.
         order: the root's order, ``>= 1``.
@@ -20,12 +23,13 @@ def integer_root_ceil(value: int, order: int) -> int:
         raise ValueError(f"value must be >= 1, got {value}")
     if order < 1:
         raise ValueError(f"order must be >= 1, got {order}")
-    guess = max(1, round(value ** (1.0 / order)))
-    while guess ** order < value:
-        guess += 1
-    while guess > 1 and (guess - 1) ** order >= value:
-        guess -= 1
-    return guess
+    root = 1 << -(-value.bit_length() // order)
+    while True:
+        step = ((order - 1) * root + value // root ** (order - 1)) // order
+        if step >= root:
+            break
+        root = step
+    return root if root**order == value else root + 1
 
 
 def leaf_size(dim: int, order: int) -> int:
@@ -39,8 +43,8 @@ def leaf_size(dim: int, order: int) -> int:
         dim: the vector's size, ``>= 1``.
         order: the number of leaves ``N``, ``>= 1``.
     """
-    if not isinstance(dim, int) or dim < 1:
+    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
         raise ValueError(f"dim must be an integer >= 1, got {dim!r}")
-    if not isinstance(order, int) or order < 1:
+    if isinstance(order, bool) or not isinstance(order, int) or order < 1:
         raise ValueError(f"order must be an integer >= 1, got {order!r}")
     return integer_root_ceil(dim, order)
