@@ -39,7 +39,8 @@ class EntangledTensor(nn.Module):
         std: target standard deviation of materialised entries.
         bound: leaf half-width for ``leaf_uniform``.
         normalize_outer: parameter-free LayerNorm after each pairwise outer product.
-        dtype, device: of the leaves (floating point only).
+        dtype: of the leaves (floating point only); the default dtype when ``None``.
+        device: of the leaves.
 
     Shapes:
         ``leaves``: ``(*batch_shape, rank, order, q)``; ``forward()``: ``(*batch_shape, dim)``.

@@ -79,7 +79,10 @@ def fit_leaves(
 
     Args:
         vectors: ``(*batch, dim)`` floating point.
-        rank: tensor rank ``R``; order: ``N``.
+        rank: tensor rank ``R``.
+        order: tensor order ``N``.
+        n_iter_max: CP-ALS iterations (orders >= 3).
+        seed: CP-ALS random state (orders >= 3).
 
     Returns:
         ``(leaves, relative_error)``: leaves ``(*batch, rank, order, q)`` in ``vectors``' dtype and
