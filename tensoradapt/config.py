@@ -118,7 +118,10 @@ class AdapterConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> "AdapterConfig":
-        """Inverse of :meth:`to_dict`; unknown keys raise a ``ValueError`` naming them."""
+        """Inverse of [`to_dict`][tensoradapt.config.AdapterConfig.to_dict].
+
+        Unknown keys raise a ``ValueError`` naming them.
+        """
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:

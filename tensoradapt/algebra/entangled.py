@@ -35,7 +35,7 @@ class EntangledTensor(nn.Module):
         order: number of leaves per simple tensor ``N``.
         batch_shape: leading shape of independent vectors.
         init: one of ``normal``, ``uniform``, ``leaf_uniform``, ``zero_output`` (see
-            :mod:`tensoradapt.algebra.init`).
+            [`tensoradapt.algebra.init`][tensoradapt.algebra.init]).
         std: target standard deviation of materialised entries.
         bound: leaf half-width for ``leaf_uniform``.
         normalize_outer: parameter-free LayerNorm after each pairwise outer product.
@@ -101,7 +101,8 @@ class EntangledTensor(nn.Module):
         """The CP tensor (tensorly) of the uncut ``(q,) * order`` tensor.
 
         Weights are ones and factor ``n`` is ``(q, rank)``; ``tensorly.cp_to_tensor`` of it equals
-        :meth:`full`. Only for an unbatched tensor without ``normalize_outer``.
+        [`full`][tensoradapt.algebra.entangled.EntangledTensor.full]. Only for an unbatched tensor
+        without ``normalize_outer``.
         """
         from tensoradapt.algebra.interop import to_cp
 
@@ -111,7 +112,7 @@ class EntangledTensor(nn.Module):
     def from_dense(cls, vectors: torch.Tensor, rank: int, order: int, **kwargs) -> tuple["EntangledTensor", float]:
         """Fit leaves to ``vectors`` ``(*batch, dim)``; returns the module and the relative error.
 
-        See :func:`tensoradapt.algebra.interop.fit_leaves`.
+        See [`fit_leaves`][tensoradapt.algebra.interop.fit_leaves].
         """
         from tensoradapt.algebra.interop import fit_leaves
 

@@ -50,7 +50,7 @@ def init_leaves_(
 
     Args:
         leaves: the tensor to fill.
-        scheme: one of :data:`INIT_SCHEMES`.
+        scheme: one of ``INIT_SCHEMES``.
         std: target standard deviation of materialised entries (``normal``, ``uniform``,
             ``zero_output``'s shared leaves).
         bound: half-width for ``leaf_uniform`` (required there).

@@ -16,10 +16,11 @@ __all__ = ["to_cp", "fit_leaves", "relative_error"]
 
 
 def to_cp(tensor) -> CPTensor:
-    """CP form of an unbatched :class:`EntangledTensor`'s uncut ``(q,) * order`` tensor.
+    """CP form of an entangled tensor's uncut ``(q,) * order`` tensor.
 
-    Returns ``CPTensor((ones(R), [factor_0, ..., factor_{N-1}]))`` with ``factor_n = leaves[:, n, :].T``
-    of shape ``(q, R)``, as torch tensors (detached).
+    ``tensor`` is an unbatched [`EntangledTensor`][tensoradapt.algebra.entangled.EntangledTensor]
+    without ``normalize_outer``. Returns ``CPTensor((ones(R), [factor_0, ..., factor_{N-1}]))``
+    with ``factor_n = leaves[:, n, :].T`` of shape ``(q, R)``, as torch tensors (detached).
     """
     if tensor.batch_shape:
         raise ValueError(f"to_cp needs an unbatched EntangledTensor, got batch_shape={tensor.batch_shape}; index it first")
