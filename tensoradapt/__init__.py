@@ -1,8 +1,8 @@
 """tensoradapt: tensor-product adapters and mixtures of latent experts for PyTorch models.
 
-Layers, each built on the ones before it: :mod:`tensoradapt.algebra` (entangled tensors),
-:mod:`tensoradapt.experts` (LoRA / TLoRA / rank-one banks), :mod:`tensoradapt.routing`
-(Poly, MHR, TensorPoly-I/II, T-REX combiners), and model surgery (:func:`inject`, save / load,
+Layers, each built on the ones before it: `tensoradapt.algebra` (entangled tensors),
+`tensoradapt.experts` (LoRA / TLoRA / rank-one banks), `tensoradapt.routing`
+(Poly, MHR, TensorPoly-I/II, T-REX combiners), and model surgery (`inject`, save / load,
 export).
 """
 

@@ -62,7 +62,7 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike) -> Path:
 
 
 def load_adapter(model: nn.Module, directory: str | os.PathLike) -> nn.Module:
-    """Load adapter weights saved by :func:`save_adapter` into an injected ``model``.
+    """Load adapter weights saved by `save_adapter` into an injected ``model``.
 
     Raises:
         ValueError: the saved method differs, or the first key (in sorted order) that is missing,

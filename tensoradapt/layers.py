@@ -57,7 +57,7 @@ class AdaptedLinear(nn.Module):
     ``A_t (d_in, r)``, ``B_t (r, d_out)`` come from ``combiner.adapter_matrices(bank, task_ids)``;
     a batch of one task (an ``int`` or a 0-d tensor) builds them once, a mixed batch
     (``LongTensor (batch,)``) builds one pair per example and uses batched matmuls. Task ids are
-    read from the model's shared :class:`RoutingState` without any host-device synchronisation.
+    read from the model's shared `RoutingState` without any host-device synchronisation.
     Token-routed combiners (T-REX) compute the delta themselves (``combiner.token_delta``).
 
     Shapes: ``x (batch, ..., d_in) -> (batch, ..., d_out)``.
@@ -131,7 +131,7 @@ class AdaptedLinear(nn.Module):
     def merge(self, task: TaskIds | None = None) -> None:
         """Fold task ``task``'s delta into the base weight; forward then costs what the base costs.
 
-        The original weight is kept so :meth:`unmerge` restores it bit for bit.
+        The original weight is kept so `unmerge` restores it bit for bit.
         """
         if self.merged:
             raise RuntimeError(f"task {self.merged_task!r} is already merged; call unmerge() first")
@@ -146,7 +146,7 @@ class AdaptedLinear(nn.Module):
 
     @torch.no_grad()
     def unmerge(self) -> None:
-        """Restore the base weight exactly as it was before :meth:`merge`."""
+        """Restore the base weight exactly as it was before `merge`."""
         if not self.merged:
             raise RuntimeError("nothing is merged")
         self.base.weight.copy_(self._weight_backup)

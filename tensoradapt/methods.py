@@ -22,17 +22,15 @@ def build_adapter(
 ) -> tuple[ExpertBank, Combiner]:
     """The ``(bank, combiner)`` pair of ``config.method`` for a linear map ``d_in -> d_out``.
 
-    ========================  =========================================  ==========================
-    method                    bank                                       combiner
-    ========================  =========================================  ==========================
-    ``lora``                  :class:`LoRABank` (1 skill)                :class:`SumCombiner`
-    ``tlora``                 :class:`TLoRABank` (R ranks)               :class:`SumCombiner`
-    ``poly``                  :class:`LoRABank` (S skills)               :class:`LinearRouter`
-    ``mhr``                   :class:`LoRABank` (S skills)               :class:`MultiHeadRouter`
-    ``tensorpoly_i``          :class:`TLoRABank`                         :class:`RankRouter`
-    ``tensorpoly_ii``         :class:`TLoRABank`                         :class:`OrderRouter`
-    ``trex``                  :class:`RankOneBank`                       :class:`TokenRouter`
-    ========================  =========================================  ==========================
+    | method | bank | combiner |
+    |---|---|---|
+    | `lora` | `LoRABank` (1 skill) | `SumCombiner` |
+    | `tlora` | `TLoRABank` (R ranks) | `SumCombiner` |
+    | `poly` | `LoRABank` (S skills) | `LinearRouter` |
+    | `mhr` | `LoRABank` (S skills) | `MultiHeadRouter` |
+    | `tensorpoly_i` | `TLoRABank` | `RankRouter` |
+    | `tensorpoly_ii` | `TLoRABank` | `OrderRouter` |
+    | `trex` | `RankOneBank` | `TokenRouter` |
     """
     placement = dict(dtype=dtype, device=device)
     routing = dict(

@@ -135,7 +135,7 @@ def _wrap_generate(model: nn.Module) -> None:
 
 def inject(model: nn.Module, config: AdapterConfig) -> nn.Module:
     """Replace every ``nn.Linear`` / ``Conv1D`` whose name fully matches ``config.target_modules``
-    (or the built-in pattern for the model type) by an :class:`AdaptedLinear`, in place.
+    (or the built-in pattern for the model type) by an `AdaptedLinear`, in place.
 
     All base parameters are frozen. Afterwards ``model(..., task_ids=t)`` routes the call
     (``t``: ``int`` or ``LongTensor (batch,)``; T-REX also takes ``semantic_prior=(batch, k)``),
@@ -177,7 +177,7 @@ def use_routing(model: nn.Module, task_ids: TaskIds | None = None, semantic_prio
 
 
 def merge(model: nn.Module, task: int | None = None) -> None:
-    """Fold task ``task``'s delta into every adapted layer's base weight (see :meth:`AdaptedLinear.merge`)."""
+    """Fold task ``task``'s delta into every adapted layer's base weight (see `AdaptedLinear.merge`)."""
     task = validate_task_ids(task, adapter_config(model).n_tasks)
     for layer in adapted_layers(model).values():
         layer.merge(task)

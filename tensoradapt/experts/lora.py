@@ -19,7 +19,7 @@ class LoRABank(ExpertBank):
     Init follows LoRA: ``A`` Kaiming-uniform (``a = sqrt(5)``, as ``nn.Linear``), ``B`` zero, so the
     delta starts at zero and both sides still receive gradient (``dL/dB = (x A)^T g``).
 
-    Parameters:
+    Attributes:
         ``down``: ``(S, d_in, r)``; ``up``: ``(S, r, d_out)``.
     """
 

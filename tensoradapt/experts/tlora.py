@@ -27,9 +27,9 @@ class TLoRABank(ExpertBank):
         ``lora``: A's entries have LoRA's Kaiming std; B uses the zero-output scheme (needs
         ``R >= 2`` when ``N >= 2``), so the delta starts at zero with every leaf trainable.
 
-    Submodules:
-        ``down``: :class:`EntangledTensor` ``(d_in, R, N, batch_shape=(r,))``, leaves ``(r, R, N, q_in)``.
-        ``up``: :class:`EntangledTensor` ``(d_out, R, N, batch_shape=(r,))``, leaves ``(r, R, N, q_out)``.
+    Attributes:
+        ``down``: `EntangledTensor` ``(d_in, R, N, batch_shape=(r,))``, leaves ``(r, R, N, q_in)``.
+        ``up``: `EntangledTensor` ``(d_out, R, N, batch_shape=(r,))``, leaves ``(r, R, N, q_out)``.
     """
 
     def __init__(

@@ -1,8 +1,8 @@
 """Layer 3, the combiners: how a task (or a token) mixes a bank's experts.
 
-* :class:`SumCombiner`: no routing (LoRA, TLoRA).
-* :class:`LinearRouter`: Poly. :class:`MultiHeadRouter`: MHR.
-* :class:`RankRouter`: TensorPoly-I. :class:`OrderRouter`: TensorPoly-II.
+* `SumCombiner`: no routing (LoRA, TLoRA).
+* `LinearRouter`: Poly. `MultiHeadRouter`: MHR.
+* `RankRouter`: TensorPoly-I. `OrderRouter`: TensorPoly-II.
 """
 
 from tensoradapt.routing.base import Combiner, TaskIds, TaskRouter, normalized_sigmoid_weights

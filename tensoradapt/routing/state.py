@@ -28,11 +28,11 @@ class RoutingInputs:
 
 @dataclass
 class RoutingState:
-    """A stack of :class:`RoutingInputs`, shared by reference by all adapted layers of a model.
+    """A stack of `RoutingInputs`, shared by reference by all adapted layers of a model.
 
     The model's forward pre-hook pushes the call's inputs and its forward hook pops them, so a
     nested call (``generate`` calling ``forward``) inherits the outer inputs. Layers ask
-    :meth:`task_ids_for` with their batch size: ids given for ``b`` examples are repeated for a
+    `task_ids_for` with their batch size: ids given for ``b`` examples are repeated for a
     batch of ``k * b`` rows (beam search expands every example into ``k`` consecutive beams).
     """
 
