@@ -106,7 +106,13 @@ def _adapter_device(model: nn.Module) -> torch.device:
 
 def _pre_hook(model: nn.Module, args, kwargs):
     state = routing_state(model)
-    inputs = _routing_inputs(model, kwargs)
+    try:
+        inputs = _routing_inputs(model, kwargs)
+    except Exception:
+        # The forward hook runs even when this pre-hook raises (always_call=True) and pops once:
+        # push a copy of the current inputs so it pops that, not an enclosing use_routing scope.
+        state.push(state.current)
+        raise
     state.push(inputs if inputs is not None else state.current)
     return args, kwargs
 
