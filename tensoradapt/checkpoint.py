@@ -65,8 +65,9 @@ def load_adapter(model: nn.Module, directory: str | os.PathLike) -> nn.Module:
     """Load adapter weights saved by `save_adapter` into an injected ``model``.
 
     Raises:
-        ValueError: the saved method differs, or the first key (in sorted order) that is missing,
-            unexpected or of another shape is named.
+        ValueError: the saved method differs, a setting that changes the output but no shape differs
+            (``lora_alpha`` through the scaling, ``normalize_outer``), or the first key (in sorted
+            order) that is missing, unexpected or of another shape is named.
     """
     directory = Path(directory)
     saved_config = AdapterConfig.from_json(directory / CONFIG_NAME)
@@ -87,6 +88,17 @@ def load_adapter(model: nn.Module, directory: str | os.PathLike) -> nn.Module:
             raise ValueError(
                 f"checkpoint key {key!r} has shape {tuple(saved[key].shape)} but the model expects "
                 f"{tuple(expected[key].shape)} (different dims, ranks, tasks or heads)"
+            )
+    # Settings the shapes cannot reveal: loading across them would silently change every output.
+    for name, saved_value, value in (
+        ("lora_alpha", saved_config.scaling, config.scaling),
+        ("normalize_outer", saved_config.normalize_outer, config.normalize_outer),
+    ):
+        if saved_value != value:
+            raise ValueError(
+                f"checkpoint {directory} was trained with {name}={getattr(saved_config, name)!r} but the model "
+                f"has {name}={getattr(config, name)!r}; inject the model with the checkpoint's config "
+                "(AdapterConfig.from_json(directory))"
             )
     with torch.no_grad():
         for key, parameter in expected.items():
