@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 from contextlib import contextmanager
 
 import torch
@@ -122,21 +121,30 @@ def _post_hook(model: nn.Module, args, kwargs, output):
     return output
 
 
-def _wrap_generate(model: nn.Module) -> None:
-    generate = getattr(model, "generate", None)
-    if generate is None or getattr(generate, "_tensoradapt_wrapped", False):
-        return
+class _RoutedGenerate:
+    """``model.generate(..., task_ids=t, semantic_prior=p)``: the class's ``generate`` inside a routing scope.
 
-    @functools.wraps(generate)
-    def generate_with_routing(*args, **kwargs):
+    A small callable holding the model as state (not a closure over it), so ``copy.deepcopy(model)``
+    and pickling give the copy a ``generate`` that runs the copy, not the original model.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+
+    def __call__(self, *args, **kwargs):
+        model = self.model
+        generate = type(model).generate.__get__(model)
         inputs = _routing_inputs(model, kwargs)
         if inputs is None:
             return generate(*args, **kwargs)
         with routing_state(model).scope(inputs):
             return generate(*args, **kwargs)
 
-    generate_with_routing._tensoradapt_wrapped = True
-    model.generate = generate_with_routing
+
+def _wrap_generate(model: nn.Module) -> None:
+    if not callable(getattr(type(model), "generate", None)):
+        return
+    model.generate = _RoutedGenerate(model)
 
 
 def inject(model: nn.Module, config: AdapterConfig) -> nn.Module:
