@@ -28,6 +28,7 @@ __all__ = [
 
 _STATE_ATTR = "_tensoradapt_state"
 _CONFIG_ATTR = "_tensoradapt_config"
+_MERGED_ATTR = "_tensoradapt_merged_task"
 
 
 def _accepts(module: nn.Module) -> bool:
@@ -89,6 +90,7 @@ def _routing_inputs(model: nn.Module, kwargs: dict) -> RoutingInputs | None:
         return None
     config = adapter_config(model)
     task_ids = validate_task_ids(kwargs.pop("task_ids", None), config.n_tasks)
+    _check_merged_task(model, task_ids)
     prior = kwargs.pop("semantic_prior", None)
     device = _adapter_device(model)
     if isinstance(task_ids, torch.Tensor) and task_ids.device != device:
@@ -190,11 +192,68 @@ def use_routing(model: nn.Module, task_ids: TaskIds | None = None, semantic_prio
         yield model
 
 
+def _tied_elsewhere(model: nn.Module, layers: dict[str, AdaptedLinear]) -> dict[str, list[str]]:
+    """``{adapted module: [other parameter names]}`` for base weights shared with other modules."""
+    names_by_id: dict[int, list[str]] = {}
+    for name, parameter in model.named_parameters(remove_duplicate=False):
+        names_by_id.setdefault(id(parameter), []).append(name)
+    tied = {}
+    for name, layer in layers.items():
+        others = [n for n in names_by_id.get(id(layer.base.weight), []) if n != f"{name}.base.weight"]
+        if others:
+            tied[name] = others
+    return tied
+
+
 def merge(model: nn.Module, task: int | None = None) -> None:
-    """Fold task ``task``'s delta into every adapted layer's base weight (see `AdaptedLinear.merge`)."""
+    """Fold task ``task``'s delta into every adapted layer's base weight (see `AdaptedLinear.merge`).
+
+    All layers or none: a failure part-way unmerges the layers already merged. While merged, calls
+    routed to another task raise (the weights hold ``task``'s adapter only).
+
+    Raises:
+        ValueError: a bad ``task``, or an adapted base weight tied to another module (e.g.
+            GPT-2's ``lm_head`` and ``wte``): merging it would change that module too.
+    """
     task = validate_task_ids(task, adapter_config(model).n_tasks)
-    for layer in adapted_layers(model).values():
-        layer.merge(task)
+    layers = adapted_layers(model)
+    tied = _tied_elsewhere(model, layers)
+    if tied:
+        name, others = next(iter(tied.items()))
+        raise ValueError(
+            f"cannot merge {name}: its weight is tied to {others}, which merging would change too; "
+            "leave it out of target_modules or untie the weights (tie_word_embeddings=False) before injecting"
+        )
+    done = []
+    try:
+        for layer in layers.values():
+            layer.merge(task)
+            done.append(layer)
+    except BaseException:
+        for layer in done:
+            layer.unmerge()
+        raise
+    setattr(model, _MERGED_ATTR, _as_int(task))
+
+
+def _as_int(task: TaskIds | None) -> int | None:
+    return int(task) if isinstance(task, torch.Tensor) else task
+
+
+def _check_merged_task(model: nn.Module, task_ids: TaskIds | None) -> None:
+    """``ValueError`` if a call is routed to another task than the merged one (CPU ids only: no sync)."""
+    merged = getattr(model, _MERGED_ATTR, None)
+    if merged is None or task_ids is None:
+        return
+    if isinstance(task_ids, torch.Tensor):
+        if task_ids.device.type != "cpu" or not task_ids.numel() or bool((task_ids == merged).all()):
+            return
+    elif task_ids == merged:
+        return
+    raise ValueError(
+        f"the adapters are merged for task {merged}, so the model cannot route task_ids={task_ids}; "
+        "call tensoradapt.unmerge(model) first"
+    )
 
 
 def unmerge(model: nn.Module) -> None:
@@ -202,12 +261,19 @@ def unmerge(model: nn.Module) -> None:
     for layer in adapted_layers(model).values():
         if layer.merged:
             layer.unmerge()
+    setattr(model, _MERGED_ATTR, None)
 
 
 @contextmanager
 def disable_adapters(model: nn.Module):
-    """Run the base model alone inside the block."""
+    """Run the base model alone inside the block.
+
+    Merged layers are unmerged for the block (bit for bit) and merged again after it.
+    """
     layers = list(adapted_layers(model).values())
+    merged = [(layer, layer.merged_task) for layer in layers if layer.merged]
+    for layer, _ in merged:
+        layer.unmerge()
     for layer in layers:
         layer.disabled = True
     try:
@@ -215,3 +281,5 @@ def disable_adapters(model: nn.Module):
     finally:
         for layer in layers:
             layer.disabled = False
+        for layer, task in merged:
+            layer.merge(task)
