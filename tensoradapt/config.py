@@ -8,12 +8,13 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["AdapterConfig", "METHODS", "TRAINING_MODES", "ROUTING_NOISES", "INITS"]
+__all__ = ["AdapterConfig", "METHODS", "TRAINING_MODES", "ROUTING_NOISES", "INITS", "TREX_PRIOR_MIXES"]
 
 METHODS: tuple[str, ...] = ("lora", "tlora", "poly", "mhr", "tensorpoly_i", "tensorpoly_ii", "trex")
 TRAINING_MODES: tuple[str, ...] = ("full", "routing_only", "modules_only")
 ROUTING_NOISES: tuple[str, ...] = ("relaxed_bernoulli", "none")
 INITS: tuple[str, ...] = ("reference", "lora")
+TREX_PRIOR_MIXES: tuple[str, ...] = ("weights", "logits")
 CONFIG_NAME = "adapter_config.json"
 
 
@@ -27,8 +28,9 @@ class AdapterConfig:
     * ``poly``: ``lora_rank``, ``n_skills``, ``n_tasks``. ``mhr``: the same plus ``n_heads``.
     * ``tensorpoly_i`` (routes the ``tensor_rank`` simple tensors) and ``tensorpoly_ii`` (routes
       every order's leaves): ``lora_rank``, ``tensor_rank``, ``order``, ``n_tasks``.
-    * ``trex``: ``trex_down`` (r1), ``trex_up`` (r2), the ``trex_*`` router options; with
-      ``trex_entangled`` the vectors are entangled tensors of ``tensor_rank`` and ``order``.
+    * ``trex``: ``trex_down`` (r1), ``trex_up`` (r2), the ``trex_*`` router options, ``init``; with
+      ``trex_entangled`` the vectors are entangled tensors of ``tensor_rank`` and ``order``. The
+      delta is scaled by ``lora_alpha / lora_rank`` (1 by default, as the reference code).
     """
 
     method: str = field(default="lora", metadata={"help": f"one of {METHODS}"})
@@ -66,9 +68,19 @@ class AdapterConfig:
     trex_down: int = field(default=4, metadata={"help": "T-REX r1: down (a_i) vectors per layer"})
     trex_up: int = field(default=8, metadata={"help": "T-REX r2: up (b_j) vectors per layer"})
     trex_top_k: int | None = field(default=None, metadata={"help": "T-REX: keep the top-k pairs per token"})
-    trex_balance_weight: float = field(default=0.0, metadata={"help": "T-REX: load-balancing loss weight (top-k)"})
+    trex_balance_weight: float = field(
+        default=0.0,
+        metadata={"help": "T-REX: weight of the Switch load-balancing loss, 0 = off (tensoradapt.trex.auxiliary_loss)"},
+    )
     trex_n_clusters: int = field(default=32, metadata={"help": "T-REX: k of the semantic prior's k-means"})
     trex_entangled: bool = field(default=False, metadata={"help": "T-REX: vectors as entangled tensors"})
+    trex_prior_mix: str = field(
+        default="weights",
+        metadata={
+            "help": "T-REX: how the gate g mixes the semantic prior in: 'weights' (1-g) softmax(token) + g "
+            "softmax(prior), as the reference code mixes after the softmax; 'logits' softmax((1-g) token + g prior)"
+        },
+    )
 
     def __post_init__(self) -> None:
         self.validate()
@@ -88,8 +100,15 @@ class AdapterConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-        if self.trex_top_k is not None and not 1 <= self.trex_top_k <= self.trex_down * self.trex_up:
-            raise ValueError(f"trex_top_k must lie in [1, trex_down * trex_up], got {self.trex_top_k}")
+        top_k = self.trex_top_k
+        if top_k is not None and (
+            isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= self.trex_down * self.trex_up
+        ):
+            raise ValueError(f"trex_top_k must be None or an integer in [1, trex_down * trex_up], got {top_k!r}")
+        if not self.trex_balance_weight >= 0.0:
+            raise ValueError(f"trex_balance_weight must be >= 0, got {self.trex_balance_weight}")
+        if self.trex_prior_mix not in TREX_PRIOR_MIXES:
+            raise ValueError(f"trex_prior_mix={self.trex_prior_mix!r} is unknown; choose one of {TREX_PRIOR_MIXES}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must lie in [0, 1), got {self.dropout}")
         if self.routing_temperature <= 0:

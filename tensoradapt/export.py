@@ -22,10 +22,12 @@ def task_lora_matrices(layer: AdaptedLinear, task: int | None) -> tuple[torch.Te
     """One task's plain LoRA ``(A (d_in, r), B (r, d_out))`` with the scaling folded into ``B``.
 
     Routing runs in eval mode (sigmoid, no noise). Token-routed layers (T-REX) give their
-    routing-averaged LoRA (``combiner.averaged_matrices``).
+    routing-averaged LoRA (``combiner.averaged_matrices``: calibrated mean weights, else the
+    weights at zero input with ``task``'s prior row); `tensoradapt.trex.trex_export_error`
+    measures what that approximation costs.
     """
     if layer.combiner.token_routed:
-        down, up = layer.combiner.averaged_matrices(layer.bank)
+        down, up = layer.combiner.averaged_matrices(layer.bank, task)
     else:
         was_training = layer.combiner.training
         layer.combiner.eval()

@@ -5,9 +5,17 @@ from __future__ import annotations
 import torch
 
 from tensoradapt.config import AdapterConfig
-from tensoradapt.experts import LoRABank, TLoRABank
+from tensoradapt.experts import LoRABank, RankOneBank, TLoRABank
 from tensoradapt.experts.base import ExpertBank
-from tensoradapt.routing import Combiner, LinearRouter, MultiHeadRouter, OrderRouter, RankRouter, SumCombiner
+from tensoradapt.routing import (
+    Combiner,
+    LinearRouter,
+    MultiHeadRouter,
+    OrderRouter,
+    RankRouter,
+    SumCombiner,
+    TokenRouter,
+)
 
 __all__ = ["build_adapter"]
 
@@ -41,9 +49,29 @@ def build_adapter(
     )
     method = config.method
     if method == "trex":
-        from tensoradapt.methods_trex import build_trex_adapter
-
-        return build_trex_adapter(config, d_in, d_out, **placement)
+        trex_bank = RankOneBank(
+            d_in,
+            d_out,
+            config.trex_down,
+            config.trex_up,
+            entangled=config.trex_entangled,
+            tensor_rank=config.tensor_rank,
+            order=config.order,
+            init=config.init,
+            normalize_outer=config.normalize_outer,
+            **placement,
+        )
+        router = TokenRouter(
+            d_in,
+            config.trex_down,
+            config.trex_up,
+            n_clusters=config.trex_n_clusters,
+            top_k=config.trex_top_k,
+            balance_weight=config.trex_balance_weight,
+            prior_mix=config.trex_prior_mix,
+            **placement,
+        )
+        return trex_bank, router
     if method in ("lora", "poly", "mhr"):
         n_skills = 1 if method == "lora" else config.n_skills
         bank: ExpertBank = LoRABank(d_in, d_out, config.lora_rank, n_skills, **placement)

@@ -2,6 +2,7 @@
 
 from tensoradapt.experts.base import ExpertBank, lora_a_std
 from tensoradapt.experts.lora import LoRABank
+from tensoradapt.experts.rank_one import RankOneBank
 from tensoradapt.experts.tlora import TLoRABank
 
-__all__ = ["ExpertBank", "LoRABank", "TLoRABank", "lora_a_std"]
+__all__ = ["ExpertBank", "LoRABank", "RankOneBank", "TLoRABank", "lora_a_std"]

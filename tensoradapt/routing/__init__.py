@@ -3,6 +3,8 @@
 * `SumCombiner`: no routing (LoRA, TLoRA).
 * `LinearRouter`: Poly. `MultiHeadRouter`: MHR.
 * `RankRouter`: TensorPoly-I. `OrderRouter`: TensorPoly-II.
+* `TokenRouter`: T-REX (per-token routing over rank-one pairs, with a semantic prior from
+  `tensoradapt.routing.semantic_prior`, imported on demand).
 """
 
 from tensoradapt.routing.base import Combiner, TaskIds, TaskRouter, normalized_sigmoid_weights
@@ -10,6 +12,7 @@ from tensoradapt.routing.fixed import SumCombiner
 from tensoradapt.routing.linear import LinearRouter, RankRouter, mix_skills
 from tensoradapt.routing.multihead import MultiHeadRouter, check_heads_divide
 from tensoradapt.routing.order import OrderRouter
+from tensoradapt.routing.token import TokenRouter, switch_balance_loss
 
 __all__ = [
     "Combiner",
@@ -20,7 +23,9 @@ __all__ = [
     "SumCombiner",
     "TaskIds",
     "TaskRouter",
+    "TokenRouter",
     "check_heads_divide",
     "mix_skills",
     "normalized_sigmoid_weights",
+    "switch_balance_loss",
 ]
