@@ -103,7 +103,12 @@ class AdaptedLinear(nn.Module):
             prior = self.state.semantic_prior_for(x.shape[0])
             return self.combiner.token_delta(self.dropout(x), self.bank, task_ids, prior) * self.scaling
         down, up = self.combiner.adapter_matrices(self.bank, task_ids)
-        return apply_low_rank(self.dropout(x).to(down.dtype), down, up) * self.scaling
+        x = self.dropout(x).to(down.dtype)
+        if up.numel() * x.shape[-1] <= x.numel() * up.shape[-1]:
+            # Scale whichever is smaller, B or the output: (x A)(s B) = s (x A) B, and for the
+            # usual s = 1/r (a power of two) bit for bit. Saves one pass over the output.
+            return apply_low_rank(x, down, up * self.scaling)
+        return apply_low_rank(x, down, up) * self.scaling
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         result = self.base(x)

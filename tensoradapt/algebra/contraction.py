@@ -76,6 +76,11 @@ def materialize(
         normalize_outer: LayerNorm after each pairwise outer product (reference-code option;
             uses the sequential pairwise path instead of the planned contraction).
 
+    Order 2 needs no plan: the rank-summed product is one batched matmul
+    (``b r a, b r c -> b a c`` as ``bmm(L0^T, L1)``) and the rank-kept one a broadcast product;
+    both skip opt_einsum's per-call overhead (2.2x faster forward + backward for TLoRA's leaves,
+    ``benchmarks/step_time.py``). Orders >= 3 run the cached opt_einsum plan.
+
     Returns:
         ``(*batch, dim)``, or ``(*batch, rank, dim)`` with ``keep_rank``.
     """
@@ -89,6 +94,12 @@ def materialize(
         product = kron_chain(flat, normalize_outer=normalize_outer)
         if not keep_rank:
             product = product.sum(dim=1)
+    elif order == 2:
+        first, second = flat.unbind(2)  # (b, r, q) each
+        if keep_rank:
+            product = (first.unsqueeze(-1) * second.unsqueeze(-2)).flatten(-2)
+        else:
+            product = torch.bmm(first.transpose(1, 2), second).flatten(-2)
     else:
         operands = [flat[:, :, n, :] for n in range(order)]
         equation = product_equation(order, keep_rank=keep_rank)

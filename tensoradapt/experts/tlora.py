@@ -75,6 +75,41 @@ class TLoRABank(ExpertBank):
         """The TLoRA matrices: ``A (d_in, r)``, ``B (r, d_out)`` (ranks summed in the contraction)."""
         return self.down().T, self.up()
 
+    @property
+    def normalize_outer(self) -> bool:
+        """Whether a LayerNorm follows every pairwise outer product (reference-code option)."""
+        return self.down.normalize_outer
+
+    def rank_mixed_matrices(self, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Weighted sum of the rank components (TensorPoly-I).
+
+        ``A_t[:, c] = sum_k w[t, k] (x)_n a[c, k, n]``. The weight of rank ``k`` multiplies its
+        first leaf (``w (a_0 (x) a_1) = (w a_0) (x) a_1``), so the weighted sum is one rank-summed
+        contraction of ``(*batch, r, R, N, q)`` leaves and the ``R`` dense simple tensors of
+        `skill_matrices` are never built. Not valid with ``normalize_outer`` (the LayerNorm
+        would undo the weight): mix `skill_matrices` there.
+
+        Args:
+            weights: ``(*batch, R)``.
+
+        Returns:
+            ``A (*batch, d_in, r)``, ``B (*batch, r, d_out)``.
+        """
+        if self.normalize_outer:
+            raise ValueError("rank_mixed_matrices folds weights into leaves; with normalize_outer mix skill_matrices")
+        down = self._weight_ranks(self.down, weights)  # (*batch, r, d_in)
+        up = self._weight_ranks(self.up, weights)  # (*batch, r, d_out)
+        return down.transpose(-1, -2), up
+
+    @staticmethod
+    def _weight_ranks(tensor: EntangledTensor, weights: torch.Tensor) -> torch.Tensor:
+        # legend: c LoRA column, k tensor rank, n order, q leaf entry; first leaf scaled by w[..., k]
+        leaves = tensor.leaves  # (c, k, n, q)
+        columns, rank, order, q = leaves.shape
+        first = leaves[:, :, 0, :] * weights.to(leaves.dtype)[..., None, :, None]  # (..., c, k, q)
+        rest = leaves[:, :, 1:, :].expand(*first.shape[:-1], order - 1, q)  # (..., c, k, n - 1, q)
+        return materialize(torch.cat([first.unsqueeze(-2), rest], dim=-2), tensor.dim)
+
     def order_mixed_matrices(self, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mix every order's leaves over ranks, then take the product (TensorPoly-II).
 

@@ -4,17 +4,35 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.distributions import RelaxedBernoulli
 
 from tensoradapt.algebra.entangled import check_positive
 from tensoradapt.experts.base import ExpertBank
 
-__all__ = ["Combiner", "TaskRouter", "TaskIds", "normalized_sigmoid_weights"]
+__all__ = ["Combiner", "TaskRouter", "TaskIds", "normalized_sigmoid_weights", "relaxed_bernoulli_rsample"]
 
 #: A single task for the whole batch (``int``) or one task per example (``LongTensor (batch,)``).
 TaskIds = int | torch.Tensor
 
 _EPS = 1e-12
+
+
+def relaxed_bernoulli_rsample(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """One reparameterised sample of ``RelaxedBernoulli(temperature, logits=logits)``, same shape.
+
+    ``sigmoid((logit(u) + logit(p)) / temperature)`` with ``u ~ U(0, 1)`` and ``p = sigmoid(logits)``,
+    written op for op as ``torch.distributions`` computes it (same random draw, same clamps, the
+    same values), without building the distribution: its argument validation checks every
+    entry of ``logits`` on the host (a device synchronisation per layer per step on a GPU) and
+    the objects cost more than the arithmetic on small routers.
+    """
+    eps = torch.finfo(logits.dtype).eps
+    probs = torch.sigmoid(logits).clamp(min=eps, max=1 - eps)
+    uniforms = torch.rand(logits.shape, dtype=logits.dtype, device=logits.device).clamp(min=eps, max=1 - eps)
+    noisy = uniforms.log() - (-uniforms).log1p() + probs.log() - (-probs).log1p()
+    if temperature != 1.0:
+        noisy = noisy / temperature
+    tiny = torch.finfo(noisy.dtype).tiny
+    return torch.sigmoid(noisy).clamp(min=tiny, max=1.0 - eps)
 
 
 def normalized_sigmoid_weights(
@@ -30,8 +48,7 @@ def normalized_sigmoid_weights(
         ``(..., S)``, non-negative, summing to 1 over ``S``.
     """
     if training and noise == "relaxed_bernoulli":
-        temperature_tensor = torch.tensor(temperature, dtype=logits.dtype, device=logits.device)
-        weights = RelaxedBernoulli(temperature_tensor, logits=logits).rsample()
+        weights = relaxed_bernoulli_rsample(logits, temperature)
     else:
         weights = torch.sigmoid(logits)
     return weights / (weights.sum(-1, keepdim=True) + _EPS)
