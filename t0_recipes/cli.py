@@ -1,0 +1,130 @@
+"""Command-line plumbing shared by the per-method scripts (``python -m t0_recipes.<method>``).
+
+Every script takes the same arguments (``--preset``, ``--model``, ``--data-dir``, ``--tasks``,
+``--seeds``, ``--out``, ...), builds its ``adapt`` function and calls `run`, which runs the
+protocol and writes ``<out>/<method>_<preset>.{json,md,png}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from t0_recipes.hub import HubUnavailableError
+from t0_recipes.losses import RouteFn
+from t0_recipes.presets import PRESETS, ModelUnavailableError, Preset, get_preset, load_model
+from t0_recipes.protocol import AdaptFn, ProtocolConfig, run_protocol
+from t0_recipes.report import build_report, write_report
+from t0_recipes.tasks import FEWSHOT_SEEDS, HELD_OUT, TASKS
+
+__all__ = ["base_parser", "preset_from_args", "protocol_from_args", "run"]
+
+logger = logging.getLogger(__name__)
+
+
+def base_parser(description: str) -> argparse.ArgumentParser:
+    """The arguments every T0 recipe script accepts."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny",
+                        help="'paper': T0-3B and the paper's hyper-parameters; 'tiny': a random-init toy T5 on CPU")
+    parser.add_argument("--model", metavar="PATH", default=None, help="local checkpoint folder overriding the preset's model")
+    parser.add_argument("--data-dir", default=None,
+                        help="folder with t0_fewshot/ and t0_validation/ (or one of them); default $TENSORADAPT_T0_DATA")
+    parser.add_argument("--source", choices=["local", "hub"], default="local", help="rows from --data-dir or the hub")
+    parser.add_argument("--tasks", nargs="+", default=list(HELD_OUT), choices=sorted(TASKS), metavar="TASK",
+                        help=f"tasks to run (default: the eleven held-out tasks); known: {', '.join(sorted(TASKS))}")
+    parser.add_argument("--seeds", nargs="+", type=int, default=list(FEWSHOT_SEEDS), help="few-shot subset seeds")
+    parser.add_argument("--steps", type=int, default=None, help="override the preset's few-shot steps")
+    parser.add_argument("--eval-max-rows", type=int, default=None, help="cap evaluation rows per task")
+    parser.add_argument("--out", default="t0_results", help="output folder of the report")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser
+
+
+def preset_from_args(args: argparse.Namespace) -> Preset:
+    """The preset with the command line's overrides applied."""
+    preset = get_preset(args.preset)
+    if args.steps is not None:
+        preset = dataclasses.replace(preset, fewshot=dataclasses.replace(preset.fewshot, steps=args.steps))
+    return preset
+
+
+def protocol_from_args(args: argparse.Namespace, preset: Preset) -> ProtocolConfig:
+    """The protocol settings of the command line."""
+    return ProtocolConfig(
+        tasks=args.tasks,
+        seeds=args.seeds,
+        data_dir=args.data_dir,
+        source=args.source,
+        eval_max_rows=args.eval_max_rows if args.eval_max_rows is not None else preset.fewshot.eval_max_examples,
+        eval_batch_size=preset.fewshot.eval_batch_size,
+        max_length=preset.fewshot.max_length,
+    )
+
+
+def run(
+    args: argparse.Namespace,
+    *,
+    method: str,
+    make_adapt: Callable[[Preset], AdaptFn | None],
+    count_params: Callable[[nn.Module], dict[str, int]] | None = None,
+    route: RouteFn | None = None,
+    prepare: Callable[[nn.Module, Preset], nn.Module] | None = None,
+    notes: Sequence[str] = (),
+) -> dict[str, Path]:
+    """Load the model, run the protocol, write the report; exits with a message on missing model / data.
+
+    Args:
+        method: the report's name for the run.
+        make_adapt: ``preset -> adapt`` (``None`` for zero-shot).
+        count_params: ``model -> {"trainable": n, "total": n}`` of the model as adapted.
+        prepare: applied once to the loaded model (e.g. inject adapters) before copies are made.
+    """
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    preset = preset_from_args(args)
+    start = time.perf_counter()
+    try:
+        model, tokenizer = load_model(preset, args.model)
+    except ModelUnavailableError as error:
+        sys.exit(str(error))
+    if prepare is not None:
+        model = prepare(model, preset)
+    config = protocol_from_args(args, preset)
+    adapt = make_adapt(preset)
+    state = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()} if adapt is not None else None
+
+    def make_model() -> nn.Module:
+        if state is not None:  # every seed starts from the same weights
+            model.load_state_dict(state)
+        return model
+
+    try:
+        results = run_protocol(make_model, tokenizer, config, adapt=adapt, route=route, progress=not args.quiet)
+    except (HubUnavailableError, FileNotFoundError) as error:
+        sys.exit(str(error))
+    params: dict[str, Any] = count_params(model) if count_params is not None else {
+        "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "total": sum(p.numel() for p in model.parameters()),
+    }
+    skipped = [f"Skipped {name}: {why}" for name, why in config.skipped.items()]
+    report = build_report(
+        results,
+        method=method,
+        preset=preset.name,
+        params=params,
+        wall_time_s=time.perf_counter() - start,
+        random_init=preset.random_init,
+        notes=[*notes, f"Few-shot steps: {preset.fewshot.steps}; eval rows cap: {config.eval_max_rows}.", *skipped],
+    )
+    paths = write_report(report, args.out, stem=f"{method}_{preset.name}")
+    for kind, path in paths.items():
+        logger.info("wrote %s %s", kind, path)
+    return paths

@@ -1,0 +1,221 @@
+"""Run presets: ``paper`` (T0-3B, the paper's hyper-parameters) and ``tiny`` (minutes on a CPU).
+
+``load_model`` never waits on a download it cannot get: a local ``--model PATH`` is loaded
+from disk; otherwise the hub copy is looked up in the local cache first
+(``local_files_only=True``), and only when the hub is reachable and offline mode is off is it
+downloaded. Any other case stops at once with `ModelUnavailableError`, naming ``--model PATH``
+and ``--preset tiny``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from t0_recipes.hub import hub_is_offline, hub_reachable
+
+__all__ = ["PRESETS", "FewShotHParams", "ModelUnavailableError", "Preset", "PretrainHParams", "get_preset", "load_model"]
+
+logger = logging.getLogger(__name__)
+
+
+class ModelUnavailableError(RuntimeError):
+    """The preset's model is neither local nor downloadable now; the message says what to pass instead."""
+
+
+@dataclass(frozen=True)
+class FewShotHParams:
+    """Few-shot adaptation (T-Few's recipe, reused by the paper).
+
+    Attributes:
+        optimizer: ``"adafactor"`` (no relative step, no parameter scaling).
+        lr: learning rate of every trained parameter.
+        steps: optimisation steps.
+        batch_size: examples per step.
+        warmup_ratio: linear warm-up share of ``steps``, then linear decay to 0.
+        grad_clip: max global gradient norm.
+        precision: ``"bf16"`` (autocast) or ``"fp32"``.
+        max_length: prompt and choice length cap, in tokens.
+        eval_batch_size: examples per rank-classification batch.
+        eval_max_examples: cap on evaluation rows per task (``None``: all).
+    """
+
+    optimizer: str = "adafactor"
+    lr: float = 3e-3
+    steps: int = 1000
+    batch_size: int = 8
+    warmup_ratio: float = 0.06
+    grad_clip: float = 1.0
+    precision: str = "bf16"
+    max_length: int = 256
+    eval_batch_size: int = 32
+    eval_max_examples: int | None = None
+
+
+@dataclass(frozen=True)
+class PretrainHParams:
+    """Multi-task pre-training on the T0 mixture (plain LM loss).
+
+    Attributes:
+        lr_modules: learning rate of the adapter modules (experts).
+        lr_routing: learning rate of the routing logits.
+        steps, batch_size, grad_clip, precision, max_length: as in `FewShotHParams`.
+        warmup_ratio: the paper does not state it; T-Few's 6 % is assumed.
+        task_mode: ``"templates"`` (every P3 template is a task: 313) or ``"datasets"``.
+    """
+
+    optimizer: str = "adafactor"
+    lr_modules: float = 1e-3
+    lr_routing: float = 0.1
+    steps: int = 100_000
+    batch_size: int = 8
+    warmup_ratio: float = 0.06
+    grad_clip: float = 1.0
+    precision: str = "bf16"
+    max_length: int = 256
+    task_mode: str = "templates"
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A model and the hyper-parameters of both phases.
+
+    Attributes:
+        name: ``"paper"`` or ``"tiny"``.
+        model_id: hub id of the backbone (``None``: built from ``model_config``).
+        model_config: ``T5Config`` keyword arguments of a randomly initialised backbone.
+        tokenizer: ``"auto"`` (the backbone's) or ``"byt5"`` (``ByT5Tokenizer()``, no files).
+        fewshot, pretrain: the two phases' hyper-parameters.
+        random_init: the backbone is untrained (reports say accuracy is near chance).
+        seed: seed of the random initialisation.
+    """
+
+    name: str
+    model_id: str | None
+    model_config: dict[str, Any] | None
+    tokenizer: str
+    fewshot: FewShotHParams
+    pretrain: PretrainHParams
+    random_init: bool = False
+    seed: int = 0
+    description: str = field(default="", compare=False)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+TINY_T5: dict[str, Any] = {
+    "vocab_size": 384,  # ByT5's 256 bytes + 3 specials + 125 extra ids
+    "d_model": 64,
+    "d_kv": 16,
+    "d_ff": 128,
+    "num_layers": 2,
+    "num_decoder_layers": 2,
+    "num_heads": 4,
+    "feed_forward_proj": "gated-gelu",  # T5 v1.1 / T0 FFN: wi_0, wi_1, wo
+    "tie_word_embeddings": False,
+    "dropout_rate": 0.0,
+    "pad_token_id": 0,
+    "eos_token_id": 1,
+    "decoder_start_token_id": 0,
+}
+
+PRESETS: dict[str, Preset] = {
+    "paper": Preset(
+        name="paper",
+        model_id="bigscience/T0_3B",
+        model_config=None,
+        tokenizer="auto",
+        fewshot=FewShotHParams(),
+        pretrain=PretrainHParams(),
+        description="T0-3B with the paper's hyper-parameters (PAPER_FACTS sections 3-4); needs a GPU",
+    ),
+    "tiny": Preset(
+        name="tiny",
+        model_id=None,
+        model_config=TINY_T5,
+        tokenizer="byt5",
+        fewshot=FewShotHParams(steps=30, precision="fp32", eval_batch_size=32, eval_max_examples=200),
+        pretrain=PretrainHParams(steps=60, precision="fp32"),
+        random_init=True,
+        description="random-init 2+2-layer T5 (d_model 64) with ByT5 bytes: the protocol end to end in minutes "
+        "on a CPU; accuracy is near chance",
+    ),
+}
+
+
+def get_preset(name: str) -> Preset:
+    """The preset called ``name``."""
+    if name not in PRESETS:
+        raise ValueError(f"preset={name!r} is unknown; choose one of {sorted(PRESETS)}")
+    return PRESETS[name]
+
+
+def _unavailable(what: str, why: str) -> ModelUnavailableError:
+    return ModelUnavailableError(
+        f"cannot load {what}: {why}. Pass --model PATH (a local copy of the checkpoint, e.g. one saved with "
+        "save_pretrained) or run the protocol on the tiny random-init model with --preset tiny."
+    )
+
+
+def _load_pretrained(source: str, *, local_files_only: bool, dtype: torch.dtype | None) -> tuple[Any, Any]:
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    kwargs: dict[str, Any] = {"local_files_only": local_files_only}
+    if dtype is not None:
+        kwargs["dtype"] = dtype
+    tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_files_only)
+    model = AutoModelForSeq2SeqLM.from_pretrained(source, **kwargs)
+    return model, tokenizer
+
+
+def load_model(
+    preset: str | Preset, model_path: str | os.PathLike | None = None, *, dtype: torch.dtype | None = None
+) -> tuple[torch.nn.Module, Any]:
+    """The preset's backbone and tokenizer.
+
+    Args:
+        preset: ``"paper"``, ``"tiny"`` or a `Preset`.
+        model_path: a local checkpoint folder (``--model PATH``); overrides the preset's model.
+        dtype: weight dtype for pre-trained checkpoints (``None``: as saved).
+
+    Raises:
+        ModelUnavailableError: at once, when the model is neither local nor downloadable now.
+    """
+    preset = get_preset(preset) if isinstance(preset, str) else preset
+    if model_path is not None:
+        path = Path(model_path).expanduser()
+        if not path.is_dir():
+            raise _unavailable(str(path), "no such folder")
+        return _load_pretrained(str(path), local_files_only=True, dtype=dtype)
+    if preset.model_id is None:
+        return _build_random(preset)
+    try:
+        return _load_pretrained(preset.model_id, local_files_only=True, dtype=dtype)
+    except OSError:
+        logger.info("%s is not in the local cache", preset.model_id)
+    if hub_is_offline():
+        raise _unavailable(preset.model_id, "it is not in the local cache and HF_HUB_OFFLINE is set")
+    if not hub_reachable():
+        raise _unavailable(preset.model_id, "it is not in the local cache and the hub does not answer (no network?)")
+    logger.info("downloading %s", preset.model_id)
+    return _load_pretrained(preset.model_id, local_files_only=False, dtype=dtype)
+
+
+def _build_random(preset: Preset) -> tuple[torch.nn.Module, Any]:
+    from transformers import ByT5Tokenizer, T5Config, T5ForConditionalGeneration
+
+    if preset.tokenizer != "byt5":
+        raise ValueError(f"preset {preset.name!r}: a random-init model needs tokenizer='byt5', got {preset.tokenizer!r}")
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(preset.seed)
+    try:
+        model = T5ForConditionalGeneration(T5Config(**preset.model_config))
+    finally:
+        torch.random.set_rng_state(generator_state)
+    return model, ByT5Tokenizer()

@@ -1,0 +1,94 @@
+"""Fixtures of the T0 recipe tests: a tiny random T5, the ByT5 tokenizer, the real-rows folder."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[2]
+if str(REPO) not in sys.path:  # t0_recipes/ sits at the repository root, outside the installed package
+    sys.path.insert(0, str(REPO))
+
+from transformers import ByT5Tokenizer, T5Config, T5ForConditionalGeneration  # noqa: E402
+
+
+def shared_data_dir() -> Path | None:
+    """``$TENSORADAPT_T0_DATA`` or ``<repo>/../shared/data``, when it exists; else ``None``."""
+    candidate = os.environ.get("TENSORADAPT_T0_DATA")
+    path = Path(candidate) if candidate else REPO.parent / "shared" / "data"
+    return path if path.is_dir() else None
+
+
+@pytest.fixture(scope="session")
+def tokenizer() -> ByT5Tokenizer:
+    return ByT5Tokenizer()
+
+
+def tiny_t5(seed: int = 0) -> T5ForConditionalGeneration:
+    """A 2+2-layer gated-GELU T5 over ByT5 bytes, no dropout, eval mode."""
+    torch.manual_seed(seed)
+    config = T5Config(
+        vocab_size=384, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2, num_heads=4,
+        feed_forward_proj="gated-gelu", tie_word_embeddings=False, dropout_rate=0.0,
+        pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+    )
+    return T5ForConditionalGeneration(config).eval()
+
+
+@pytest.fixture()
+def model() -> T5ForConditionalGeneration:
+    return tiny_t5()
+
+
+# ----------------------------------------------------------------------------- synthetic rows
+# Rows in each dataset's hub field format, made up here (never copied from real data).
+
+_WORDS = "apple river stone quiet lamp orange table seven cloud garden violin paper".split()
+
+
+def _sentence(rng, n: int = 6) -> str:
+    return " ".join(rng.choice(_WORDS) for _ in range(n)).capitalize() + "."
+
+
+def synthetic_row(task: str, rng, label: int) -> dict:
+    """One made-up row of ``task`` whose gold answer index is ``label``."""
+    s = lambda n=6: _sentence(rng, n)  # noqa: E731
+    if task in ("rte", "cb") or task.startswith("anli"):
+        row = {"premise": s(12), "hypothesis": s(5), "label": label, "idx": rng.randrange(1000)}
+        if task.startswith("anli"):
+            row |= {"uid": f"uid-{rng.randrange(10**6)}", "reason": ""}
+        return row
+    if task == "copa":
+        return {"premise": s(), "choice1": s(), "choice2": s(), "question": rng.choice(["cause", "effect"]),
+                "label": label, "idx": 0}
+    if task == "hellaswag":
+        ctx_a, ctx_b = s(8), "then they"
+        return {"ind": 1, "activity_label": "Doing things", "ctx_a": ctx_a, "ctx_b": ctx_b, "ctx": f"{ctx_a} {ctx_b}",
+                "endings": [s(4) for _ in range(4)], "source_id": "x", "split": "val", "split_type": "indomain",
+                "label": str(label)}  # the hub stores the label as a string
+    if task == "story_cloze":
+        row = {f"input_sentence_{i}": s() for i in range(1, 5)}
+        return row | {"sentence_quiz1": s(), "sentence_quiz2": s(), "answer_right_ending": label + 1, "story_id": "s"}
+    if task == "wsc":
+        return {"text": s(10), "span1_index": 0, "span2_index": 5, "span1_text": "Apple", "span2_text": "it",
+                "label": label, "idx": 0}
+    if task == "winogrande":
+        return {"sentence": "The apple fell on the lamp because _ was heavy.", "option1": "apple", "option2": "lamp",
+                "answer": str(label + 1)}
+    if task == "wic":
+        return {"word": "stone", "sentence1": s(), "sentence2": s(), "start1": 0, "start2": 0, "end1": 5, "end2": 5,
+                "label": label, "idx": 0}
+    if task == "boolq":
+        return {"question": "is the river quiet", "passage": s(20), "label": label, "idx": 0}
+    if task == "sst2":
+        return {"sentence": s(7), "label": label, "idx": 0}
+    raise ValueError(task)
+
+
+@pytest.fixture()
+def make_row():
+    return synthetic_row
