@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m tensoradapt.demo
+	$(PY) benchmarks/planted_skills.py
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -172,17 +172,6 @@ EXTRA_ROWS: tuple[Row, ...] = (
 )
 
 
-def trex_available() -> bool:
-    """Whether this ``tensoradapt`` can build a T-REX adapter (``method='trex'``)."""
-    from tensoradapt.methods import build_adapter
-
-    try:
-        build_adapter(AdapterConfig(method="trex", trex_down=TREX_DOWN, trex_up=TREX_UP), 8, 8, device="meta")
-    except (ImportError, NotImplementedError, AttributeError):
-        return False
-    return True
-
-
 def trex_rows() -> tuple[Row, ...]:
     """T-REX (``r1 = 4``, ``r2 = 8``: 32 rank-one experts) and a plain LoRA of rank 32, on T0-3B and LLaMA-2-7B.
 
@@ -220,10 +209,8 @@ def trex_rows() -> tuple[Row, ...]:
     return tuple(rows)
 
 
-def all_rows(*, include_trex: bool | None = None) -> tuple[Row, ...]:
-    """The paper's rows, the extra rows, and the T-REX rows when ``tensoradapt`` builds T-REX."""
-    if include_trex is None:
-        include_trex = trex_available()
+def all_rows(*, include_trex: bool = True) -> tuple[Row, ...]:
+    """The paper's rows, the extra rows, and (``include_trex``) the T-REX rows."""
     return PAPER_ROWS + EXTRA_ROWS + (trex_rows() if include_trex else ())
 
 
@@ -342,10 +329,10 @@ def markdown(records: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", type=Path, default=RESULTS_DIR / "param_table.json")
-    parser.add_argument("--no-trex", action="store_true", help="skip the T-REX rows even when T-REX is available")
+    parser.add_argument("--no-trex", action="store_true", help="skip the T-REX rows")
     parser.add_argument("--quick", action="store_true", help="a few rows only (smoke tests)")
     args = parser.parse_args(argv)
-    rows = all_rows(include_trex=False if args.no_trex else None)
+    rows = all_rows(include_trex=not args.no_trex)
     if args.quick:
         rows = tuple(row for row in rows if row.method in ("lora", "tensorpoly_ii"))[:3] + (PAPER_ROWS[-1],)
     records = build_table(rows)

@@ -1,21 +1,10 @@
 """Smoke test of benchmarks/contraction.py: --quick writes the JSON, PNG and markdown it promises."""
 
-import importlib.util
 import json
-from pathlib import Path
-
-BENCHMARK = Path(__file__).resolve().parents[2] / "benchmarks" / "contraction.py"
 
 
-def load_benchmark():
-    spec = importlib.util.spec_from_file_location("contraction_benchmark", BENCHMARK)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_quick_run_writes_results(tmp_path):
-    benchmark = load_benchmark()
+def test_quick_run_writes_results(load_benchmark, tmp_path):
+    benchmark = load_benchmark("contraction")
     path = tmp_path / "contraction.json"
     returned = benchmark.main(["--quick", "--json", str(path)])
     written = json.loads(path.read_text())

@@ -1,22 +1,13 @@
 """benchmarks/param_table.py counts T0-3B's adapters (on ``meta``) as PAPER_FACTS section 2 decodes them."""
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-BENCHMARK = Path(__file__).resolve().parents[2] / "benchmarks" / "param_table.py"
-
 
 @pytest.fixture(scope="module")
-def table():
-    spec = importlib.util.spec_from_file_location("param_table_benchmark", BENCHMARK)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
-    spec.loader.exec_module(module)
-    return module
+def table(load_benchmark):
+    return load_benchmark("param_table")
 
 
 def _find(records, method, mode, rank=None, order=None):
@@ -83,9 +74,7 @@ def test_main_writes_json_and_markdown(table, tmp_path):
     assert "ours / paper" in path.with_suffix(".md").read_text()
 
 
-def test_trex_rows_when_trex_is_available(table):
-    if not table.trex_available():
-        pytest.skip("tensoradapt cannot build method='trex' yet")
+def test_trex_rows_count_fewer_parameters_than_lora_of_as_many_experts(table):
     records = [table.count_row(row) for row in table.trex_rows()]
     assert {r["model"] for r in records} == {"t0-3b", "llama-2-7b"}
     for model in ("t0-3b", "llama-2-7b"):
