@@ -46,10 +46,19 @@ class TLoRABank(ExpertBank):
         device: torch.device | str | None = None,
     ) -> None:
         super().__init__()
-        for name, value in (("d_in", d_in), ("d_out", d_out), ("lora_rank", lora_rank)):
+        for name, value in (
+            ("d_in", d_in), ("d_out", d_out), ("lora_rank", lora_rank), ("tensor_rank", tensor_rank), ("order", order)
+        ):
             check_positive(name, value)
         if init not in TLORA_INITS:
             raise ValueError(f"init must be one of {TLORA_INITS}, got {init!r}")
+        if init == "lora" and order >= 2 and tensor_rank < 2:
+            raise ValueError(
+                f"init='lora' starts B at zero with every leaf trainable, which needs tensor_rank >= 2 for "
+                f"order >= 2 (got tensor_rank={tensor_rank}, order={order}): a single simple tensor is zero only "
+                "if one of its leaves is, and then the others get no gradient; use tensor_rank >= 2 or "
+                "init='reference'"
+            )
         self.d_in, self.d_out, self.lora_rank = d_in, d_out, lora_rank
         self.tensor_rank, self.order = tensor_rank, order
         common = dict(batch_shape=(lora_rank,), normalize_outer=normalize_outer, dtype=dtype, device=device)
