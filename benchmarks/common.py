@@ -36,6 +36,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 from torch.utils._pytree import tree_flatten  # noqa: E402
+from tqdm import tqdm  # noqa: E402
 
 __all__ = [
     "RESULTS_DIR",
@@ -152,12 +153,14 @@ def interleaved_samples(
     repeats: int,
     warmup: int = 2,
     min_sample_s: float = 0.0,
+    desc: str | None = None,
 ) -> dict[str, list[float]]:
     """Seconds per call of every step, ``repeats`` samples each, taken in turn (``A B C A B C ...``).
 
     Every step first runs ``warmup`` times (plans, allocator pools, lazy init). A sample is one
     call, or as many back-to-back calls as last ``min_sample_s`` (for sub-millisecond steps);
     the order of the steps is rotated every round so none always follows the same neighbour.
+    A tqdm bar (on stderr, labelled ``desc``) counts the rounds.
 
     Returns:
         ``{name: [seconds per call, one per round]}``; sample ``i`` of every step comes from round ``i``.
@@ -170,7 +173,7 @@ def interleaved_samples(
              for name, step in steps.items()}
     names = list(steps)
     samples: dict[str, list[float]] = {name: [] for name in names}
-    for round_index in range(repeats):
+    for round_index in tqdm(range(repeats), desc=desc or "rounds", unit="round", leave=False, file=sys.stderr):
         shift = round_index % len(names)
         for name in names[shift:] + names[:shift]:
             step = steps[name]
@@ -274,9 +277,11 @@ def peak_memory_bytes(step: Step, device: torch.device) -> int:
 # ----------------------------------------------------------------------------------------------
 # models
 
-#: T5 shapes (T5 v1.1 / LM-adapted: gated-GELU, untied head). ``tiny`` is a CPU-seconds model;
-#: the others are T5 v1.1 small / large and T0-3B (= XL). 64 divides every adapted dim of each (MHR heads).
+#: T5 shapes (T5 v1.1 / LM-adapted: gated-GELU, untied head). ``micro`` (one block each side) is
+#: for ``--quick`` smoke runs, ``tiny`` a CPU-seconds model; the others are T5 v1.1 small / large
+#: and T0-3B (= XL). 64 divides every adapted dim of each (MHR heads).
 T5_SIZES: dict[str, dict] = {
+    "micro": dict(vocab_size=256, d_model=64, d_kv=16, num_heads=4, d_ff=128, num_layers=1, num_decoder_layers=1),
     "tiny": dict(vocab_size=1024, d_model=128, d_kv=32, num_heads=4, d_ff=256, num_layers=2, num_decoder_layers=2),
     "small": dict(vocab_size=32128, d_model=512, d_kv=64, num_heads=6, d_ff=1024, num_layers=8, num_decoder_layers=8),
     "large": dict(
