@@ -543,7 +543,9 @@ class SemanticPrior:
             encoder: see `embed_texts`.
             cache_dir: cache root; ``None`` for `default_cache_dir`.
             seed: k-means seed.
-            batch_size, normalize, n_init: see `embed_texts` and `fit_centroids`.
+            batch_size: texts per encoder call (see `embed_texts`).
+            normalize: unit-normalise the embeddings (see `embed_texts`).
+            n_init: k-means restarts (see `fit_centroids`).
             device: where the encoder runs when given by name.
         """
         encoder = load_encoder(encoder, device=device)
@@ -595,7 +597,8 @@ class SemanticPrior:
             reduce: ``"similarity"`` averages the task's per-example rows,
                 ``mean_i cos(e_i, C)``; ``"embedding"`` compares the mean embedding,
                 ``cos(mean_i e_i, C)``. A task of copies of one text gets that text's row either way.
-            batch_size, use_cache: see `embed_texts` (all tasks' texts are embedded in one call).
+            batch_size: texts per encoder call (all tasks' texts are embedded in one call).
+            use_cache: read and write the embedding cache (see `embed_texts`).
         """
         if isinstance(texts_by_task, Mapping):
             ids = sorted(texts_by_task)
