@@ -1,8 +1,12 @@
 """Command-line plumbing shared by the per-method scripts (``python -m t0_recipes.<method>``).
 
 Every script takes the same arguments (``--preset``, ``--model``, ``--data-dir``, ``--tasks``,
-``--seeds``, ``--out``, ...), builds its ``adapt`` function and calls `run`, which runs the
-protocol and writes ``<out>/<method>_<preset>.{json,md,png}``.
+``--seeds``, ``--output-dir``, ...). `t0_recipes.pipeline` adds the adapter recipes' arguments
+and stages; `run` here is the zero-shot path: it runs the protocol on the backbone as it is and
+writes ``<output-dir>/<method>_<preset>.{json,md,png}``.
+
+The default preset is ``paper`` (T0-3B): without a local copy and without network it stops at
+once with a message naming ``--model PATH`` and ``--preset tiny``.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ logger = logging.getLogger(__name__)
 def base_parser(description: str) -> argparse.ArgumentParser:
     """The arguments every T0 recipe script accepts."""
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny",
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="paper",
                         help="'paper': T0-3B and the paper's hyper-parameters; 'tiny': a random-init toy T5 on CPU")
     parser.add_argument("--model", metavar="PATH", default=None, help="local checkpoint folder overriding the preset's model")
     parser.add_argument("--data-dir", default=None,
@@ -44,7 +48,8 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--seeds", nargs="+", type=int, default=list(FEWSHOT_SEEDS), help="few-shot subset seeds")
     parser.add_argument("--steps", type=int, default=None, help="override the preset's few-shot steps")
     parser.add_argument("--eval-max-rows", type=int, default=None, help="cap evaluation rows per task")
-    parser.add_argument("--out", default="t0_results", help="output folder of the report")
+    parser.add_argument("--output-dir", "--out", dest="output_dir", default="t0_results",
+                        help="output folder of the report (and of the checkpoints)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
 
@@ -124,7 +129,7 @@ def run(
         random_init=preset.random_init,
         notes=[*notes, f"Few-shot steps: {preset.fewshot.steps}; eval rows cap: {config.eval_max_rows}.", *skipped],
     )
-    paths = write_report(report, args.out, stem=f"{method}_{preset.name}")
+    paths = write_report(report, args.output_dir, stem=f"{method}_{preset.name}")
     for kind, path in paths.items():
         logger.info("wrote %s %s", kind, path)
     return paths

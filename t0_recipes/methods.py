@@ -1,0 +1,90 @@
+"""The adapter of every recipe: the paper's settings on T0-3B and a scaled-down copy for the tiny preset.
+
+Paper settings (PAPER_FACTS sections 2-5): LoRA rank 1 for LoRA / Poly / MHR, rank 16 for the
+TLoRA-based methods; 8 skills for Poly / MHR and 64 MHR heads; TensorPoly-I / -II at tensor
+rank R = 8 and order N = 2; T-REX with r1 = 4 down and r2 = 8 up vectors and 32 clusters. The
+routed methods use plain sigmoid-then-normalise routing (the paper's final runs: no Gumbel
+noise). The tiny preset (d_model 64) keeps every method's structure at smaller sizes.
+
+Few-shot training modes (the paper's Table 4): ``full`` (routing and modules), ``routing_only``
+("z": the new task's routing row) and ``modules_only`` ("mu": skills averaged, no routing).
+LoRA and TLoRA have no routing, so only ``full`` applies to them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tensoradapt import METHODS, TRAINING_MODES, AdapterConfig
+
+__all__ = ["METHOD_LABELS", "adapter_config_for", "check_mode", "modes_of", "routes_by_task"]
+
+#: Display names, as the paper's Table 1 prints them.
+METHOD_LABELS: dict[str, str] = {
+    "lora": "LoRA",
+    "tlora": "TLoRA",
+    "poly": "Poly",
+    "mhr": "MHR",
+    "tensorpoly_i": "TensorPoly-I",
+    "tensorpoly_ii": "TensorPoly-II",
+    "trex": "T-REX",
+}
+
+_ROUTED = {"routing_noise": "none"}
+_PAPER: dict[str, dict[str, Any]] = {
+    "lora": {"lora_rank": 1},
+    "tlora": {"lora_rank": 16, "tensor_rank": 1, "order": 2},
+    "poly": {"lora_rank": 1, "n_skills": 8, **_ROUTED},
+    "mhr": {"lora_rank": 1, "n_skills": 8, "n_heads": 64, **_ROUTED},
+    "tensorpoly_i": {"lora_rank": 16, "tensor_rank": 8, "order": 2, **_ROUTED},
+    "tensorpoly_ii": {"lora_rank": 16, "tensor_rank": 8, "order": 2, **_ROUTED},
+    "trex": {"trex_down": 4, "trex_up": 8, "trex_n_clusters": 32},
+}
+_TINY: dict[str, dict[str, Any]] = {
+    "lora": {"lora_rank": 1},
+    "tlora": {"lora_rank": 4, "tensor_rank": 1, "order": 2},
+    "poly": {"lora_rank": 1, "n_skills": 4, **_ROUTED},
+    "mhr": {"lora_rank": 1, "n_skills": 4, "n_heads": 8, **_ROUTED},  # 8 divides 64 and 128
+    "tensorpoly_i": {"lora_rank": 4, "tensor_rank": 4, "order": 2, **_ROUTED},
+    "tensorpoly_ii": {"lora_rank": 4, "tensor_rank": 4, "order": 2, **_ROUTED},
+    "trex": {"trex_down": 2, "trex_up": 4, "trex_n_clusters": 4},
+}
+_SIZES = {"paper": _PAPER, "tiny": _TINY}
+
+
+def routes_by_task(method: str) -> bool:
+    """Whether the method reads task ids: a routing matrix (Poly, MHR, TensorPoly) or a task prior (T-REX)."""
+    _check_method(method)
+    return method not in ("lora", "tlora")
+
+
+def modes_of(method: str) -> tuple[str, ...]:
+    """The few-shot training modes the method supports."""
+    _check_method(method)
+    return TRAINING_MODES if routes_by_task(method) else ("full",)
+
+
+def check_mode(method: str, mode: str) -> None:
+    """``ValueError`` naming ``--mode`` when ``mode`` does not apply to ``method``."""
+    if mode not in modes_of(method):
+        raise ValueError(f"--mode {mode} does not apply to {method}: it has no routing; choose one of {modes_of(method)}")
+
+
+def adapter_config_for(method: str, preset: str, *, n_tasks: int = 1, **overrides: Any) -> AdapterConfig:
+    """The `AdapterConfig` of ``method`` at the sizes of ``preset`` (``"paper"`` or ``"tiny"``).
+
+    Args:
+        method: one of `tensoradapt.METHODS`.
+        preset: ``"paper"`` (T0-3B settings) or ``"tiny"`` (the same structure, smaller).
+        n_tasks: rows of the task routing (pre-training tasks) / of the T-REX task prior.
+        overrides: any other `AdapterConfig` field.
+    """
+    _check_method(method)
+    if preset not in _SIZES:
+        raise ValueError(f"preset={preset!r} has no adapter sizes; choose one of {sorted(_SIZES)}")
+    return AdapterConfig(method=method, n_tasks=n_tasks, **{**_SIZES[preset][method], **overrides})
+
+
+def _check_method(method: str) -> None:
+    if method not in METHODS:
+        raise ValueError(f"method={method!r} is unknown; choose one of {METHODS}")

@@ -1,0 +1,256 @@
+"""The one pipeline behind every method script: pre-train, adapt few-shot, evaluate, report.
+
+    python t0_recipes/tensorpoly_i.py --preset tiny --data-dir ../shared/data --output-dir runs/tp1
+
+Stages (each method script only names its method and calls `main`):
+
+1. load the backbone (`t0_recipes.presets.load_model`; the ``paper`` preset stops at once
+   offline, naming ``--model PATH`` and ``--preset tiny``) and inject the method's adapter
+   (`t0_recipes.methods`) with one routing row per pre-training task;
+2. T-REX only: fit the semantic prior's centroids on the mixture and set its task-prior table;
+3. multi-task pre-training on the mixture (`t0_recipes.mixture`, `t0_recipes.pretrain`), with
+   checkpoints under ``<output-dir>/pretrain_<method>_<preset>/`` and ``--resume``;
+4. for every held-out task and seed: a copy of the pre-trained model, a fresh task, few-shot
+   training in ``--mode`` (`t0_recipes.adapt`), rank classification (`t0_recipes.protocol`);
+5. the report (`t0_recipes.report`): ``<stem>.json``, ``.md`` and ``.png``, and the run's
+   configuration ``<stem>_config.json``, in ``--output-dir``.
+
+Multi-GPU: ``accelerate launch t0_recipes/<method>.py ...``; every process trains its share of
+each global batch, the main process writes the outputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from t0_recipes.cli import base_parser, preset_from_args, protocol_from_args
+from t0_recipes.collate import MultipleChoiceCollator
+from t0_recipes.data import TASK_MODES
+from t0_recipes.hub import P3_PER_DATASET_CAP, HubUnavailableError
+from t0_recipes.methods import METHOD_LABELS, adapter_config_for, check_mode, modes_of, routes_by_task
+from t0_recipes.presets import ModelUnavailableError, Preset, load_model
+
+__all__ = ["RecipeConfig", "main", "recipe_parser", "run_recipe"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class RecipeConfig:
+    """Everything a recipe run was asked to do; written as ``<stem>_config.json``.
+
+    Attributes:
+        method, mode: the adapter method and the few-shot training mode.
+        preset: the preset with its overrides (`Preset.to_json`).
+        model: ``--model PATH`` or ``None`` (the preset's model).
+        adapter: the injected ``AdapterConfig`` (``to_dict``).
+        tasks, seeds, data_dir, source, eval_max_rows: the protocol's.
+        task_mode: ``"templates"`` or ``"datasets"``: what a pre-training task is.
+        per_dataset_cap: pre-training examples per dataset, shared by its templates.
+        mixture_tasks: pre-training datasets (local source) and the number of routing rows.
+        checkpoint_every, resume: pre-training checkpoints.
+        output_dir: where everything is written.
+    """
+
+    method: str
+    mode: str
+    preset: dict[str, Any]
+    model: str | None
+    adapter: dict[str, Any]
+    tasks: list[str]
+    seeds: list[int]
+    data_dir: str | None
+    source: str
+    eval_max_rows: int | None
+    task_mode: str
+    per_dataset_cap: int
+    checkpoint_every: int | None
+    resume: bool
+    output_dir: str
+    mixture_tasks: list[str] = field(default_factory=list)
+    n_pretrain_tasks: int = 0
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2) + "\n"
+
+
+def recipe_parser(method: str) -> argparse.ArgumentParser:
+    """`t0_recipes.cli.base_parser` plus the pre-training and few-shot arguments of ``method``."""
+    parser = base_parser(f"{METHOD_LABELS[method]} on the T0 held-out tasks: multi-task pre-training, "
+                         "few-shot adaptation, rank classification")
+    parser.add_argument("--mode", choices=modes_of(method), default="full",
+                        help="few-shot training mode: full (routing and modules), routing_only (z), "
+                             "modules_only (mu: skills averaged)")
+    parser.add_argument("--pretrain-steps", type=int, default=None,
+                        help="override the preset's pre-training steps (0: no pre-training)")
+    parser.add_argument("--task-mode", choices=TASK_MODES, default=None,
+                        help="pre-training tasks: every template ('templates', T0's 313) or every dataset")
+    parser.add_argument("--per-dataset-cap", type=int, default=P3_PER_DATASET_CAP,
+                        help="pre-training examples per dataset, shared out over its templates (T0: 500000)")
+    parser.add_argument("--checkpoint-every", type=int, default=None, help="pre-training steps between checkpoints")
+    parser.add_argument("--resume", action="store_true", help="continue pre-training from the latest checkpoint")
+    parser.add_argument("--cpu", action="store_true", help="stay on the CPU even where a GPU is visible")
+    return parser
+
+
+def _preset(args: argparse.Namespace) -> Preset:
+    preset = preset_from_args(args)
+    changes: dict[str, Any] = {}
+    if args.pretrain_steps is not None:
+        changes["steps"] = args.pretrain_steps
+    if args.task_mode is not None:
+        changes["task_mode"] = args.task_mode
+    if changes:
+        preset = dataclasses.replace(preset, pretrain=dataclasses.replace(preset.pretrain, **changes))
+    return preset
+
+
+def run_recipe(method: str, args: argparse.Namespace) -> dict[str, Path]:
+    """Run every stage (module docstring) for ``method``; returns the written files by kind.
+
+    Exits with a one-line message when the model or the data cannot be had.
+    """
+    import tensoradapt
+
+    from t0_recipes.adapt import FewShotAdapter
+    from t0_recipes.mixture import load_mixture
+    from t0_recipes.pretrain import pretrain
+    from t0_recipes.protocol import run_protocol
+    from t0_recipes.report import build_report, write_report
+    from t0_recipes.training import make_accelerator
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    check_mode(method, args.mode)
+    start = time.perf_counter()
+    preset = _preset(args)
+    try:
+        model, tokenizer = load_model(preset, args.model)
+    except ModelUnavailableError as error:
+        sys.exit(str(error))
+    out = Path(args.output_dir)
+    stem = f"{method}_{preset.name}" if args.mode == "full" else f"{method}_{args.mode}_{preset.name}"
+    routed = routes_by_task(method)
+    hp = preset.pretrain
+
+    mixture, index = [], None
+    if hp.steps > 0 or method == "trex":
+        try:
+            mixture, index = load_mixture(
+                args.source, args.data_dir, task_mode=hp.task_mode, exclude=args.tasks, per_dataset_cap=args.per_dataset_cap
+            )
+        except (HubUnavailableError, FileNotFoundError) as error:
+            sys.exit(str(error))
+    n_tasks = len(index) if routed and index is not None and len(index) else 1
+    adapter = adapter_config_for(method, "paper" if preset.name == "paper" else "tiny", n_tasks=n_tasks)
+    tensoradapt.inject(model, adapter)
+    config = RecipeConfig(
+        method=method, mode=args.mode, preset=preset.to_json(), model=args.model, adapter=adapter.to_dict(),
+        tasks=list(args.tasks), seeds=list(args.seeds), data_dir=args.data_dir, source=args.source,
+        eval_max_rows=protocol_from_args(args, preset).eval_max_rows, task_mode=hp.task_mode,
+        per_dataset_cap=args.per_dataset_cap, checkpoint_every=args.checkpoint_every, resume=args.resume,
+        output_dir=str(out), mixture_tasks=sorted({e.task for e in mixture}), n_pretrain_tasks=len(index or ()),
+    )
+
+    trex_prior = None
+    if method == "trex":
+        from tensoradapt.trex import set_task_prior
+
+        from t0_recipes.trex_prior import fit_prior, task_prior_table
+
+        trex_prior = fit_prior(mixture, adapter.trex_n_clusters, seed=preset.seed)
+        set_task_prior(model, task_prior_table(trex_prior, mixture, n_tasks))
+
+    accelerator = make_accelerator(mixed_precision=preset.fewshot.precision, cpu=args.cpu)
+    collator = MultipleChoiceCollator(tokenizer, max_length=hp.max_length, max_choice_length=hp.max_length)
+    pretrain_info: dict[str, Any] = {"steps": hp.steps, "examples": len(mixture), "tasks": len(index or ())}
+    if hp.steps > 0:
+        result = pretrain(
+            model, mixture, collator, hp, accelerator=accelerator, with_task_ids=routed,
+            output_dir=out / f"pretrain_{method}_{preset.name}", checkpoint_every=args.checkpoint_every,
+            resume=args.resume, seed=preset.seed, progress=not args.quiet,
+        )
+        pretrain_info |= {
+            "resumed_from_step": result.start_step,
+            "final_loss": result.losses[-1] if result.losses else None,
+            "checkpoint": str(result.checkpoint) if result.checkpoint else None,
+            "wall_time_s": result.wall_time_s,
+            "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        }
+
+    adapt = FewShotAdapter(method, args.mode, preset.fewshot, accelerator=accelerator,
+                           route=tensoradapt.use_routing if routed else None, trex_prior=trex_prior,
+                           progress=not args.quiet)
+    protocol = protocol_from_args(args, preset)
+    try:
+        results = run_protocol(lambda: copy.deepcopy(model), tokenizer, protocol, adapt=adapt,
+                               route=adapt.route, progress=not args.quiet)
+    except (HubUnavailableError, FileNotFoundError) as error:
+        sys.exit(str(error))
+    if not accelerator.is_main_process:
+        return {}
+    report = build_report(
+        results, method=method, preset=preset.name, params=adapt.params or _counts(model),
+        wall_time_s=time.perf_counter() - start, random_init=preset.random_init,
+        notes=_notes(args.mode, preset, protocol, pretrain_info),
+    )
+    report |= {"mode": args.mode, "pretrain": pretrain_info, "config": asdict(config)}
+    out.mkdir(parents=True, exist_ok=True)
+    paths = write_report(report, out, stem=stem)
+    paths["config"] = out / f"{stem}_config.json"
+    paths["config"].write_text(config.to_json(), encoding="utf-8")
+    _log_summary(report, paths)
+    return paths
+
+
+def _counts(model: nn.Module) -> dict[str, int]:
+    return {"trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
+            "total": sum(p.numel() for p in model.parameters())}
+
+
+def _notes(mode: str, preset: Preset, protocol, pretrain_info: dict[str, Any]) -> list[str]:
+    notes = [f"Few-shot mode: {mode}; {preset.fewshot.steps} steps, batch {preset.fewshot.batch_size}, "
+             f"lr {preset.fewshot.lr}; evaluation rows per task capped at {protocol.eval_max_rows}."]
+    if pretrain_info["steps"]:
+        notes.append(f"Pre-training: {pretrain_info['steps']} steps on {pretrain_info['examples']} examples "
+                     f"of {pretrain_info['tasks']} tasks (final LM loss {pretrain_info.get('final_loss') or float('nan'):.3f}).")
+    else:
+        notes.append("No multi-task pre-training (--pretrain-steps 0).")
+    notes.append("Evaluated checkpoint: the last one of every few-shot run (no selection on evaluation rows).")
+    return notes + [f"Skipped {name}: {why}" for name, why in protocol.skipped.items()]
+
+
+def _log_summary(report: dict[str, Any], paths: dict[str, Path]) -> None:
+    summary = report["summary"]
+    for task, entry in summary["tasks"].items():
+        logger.info("%-12s median accuracy %.1f %%", task, 100 * entry["median"])
+    logger.info("mean over %d tasks: %.1f %%", summary["n_tasks"], 100 * summary["mean"])
+    if report["random_init"]:
+        logger.warning("the tiny preset's backbone is random-init: accuracy is near chance by design; "
+                       "the run checks the pipeline, not the method")
+    for kind, path in paths.items():
+        logger.info("wrote %s %s", kind, path)
+
+
+def main(method: str, argv: Sequence[str] | None = None) -> dict[str, Path]:
+    """Parse ``argv`` (default ``sys.argv[1:]``) and `run_recipe`."""
+    parser = recipe_parser(method)
+    args = parser.parse_args(argv)
+    for name in ("pretrain_steps", "steps"):
+        value = getattr(args, name)
+        if value is not None and value < (0 if name == "pretrain_steps" else 1):
+            parser.error(f"--{name.replace('_', '-')} {value} is too small: pre-training takes >= 0 steps, few-shot >= 1")
+    if args.checkpoint_every is not None and args.checkpoint_every < 1:
+        parser.error(f"--checkpoint-every {args.checkpoint_every} must be at least 1")
+    return run_recipe(method, args)

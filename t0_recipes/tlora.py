@@ -1,0 +1,15 @@
+"""TLoRA (LoRA whose columns are entangled tensors), multi-task pre-trained, on the T0 held-out tasks.
+
+    python t0_recipes/tlora.py --preset tiny --data-dir ../shared/data --output-dir runs/tlora
+"""
+
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a path: import t0_recipes from the repository root, not from this folder
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+from t0_recipes.pipeline import main  # noqa: E402
+
+if __name__ == "__main__":
+    main("tlora")
