@@ -104,11 +104,41 @@ class TaskRouter(Combiner):
         """Rows of the routing tensor."""
         return self.logits.shape[0]
 
+    def check_task_ids(self, task_ids: TaskIds | None) -> None:
+        """``ValueError`` naming ``task_ids`` unless they index a row of the routing tensor.
+
+        ``int`` ids are range-checked (negative ids would silently pick rows from the end), and
+        so are tensors on the CPU, where reading them costs no device synchronisation; ids on an
+        accelerator are checked for dtype and shape only (indexing asserts on the device).
+        """
+        if task_ids is None:
+            return
+        known = f"the router knows tasks 0..{self.n_tasks - 1}"
+        if isinstance(task_ids, bool) or not isinstance(task_ids, (int, torch.Tensor)):
+            raise ValueError(f"task_ids must be an int or a LongTensor (batch,), got {type(task_ids).__name__}")
+        if isinstance(task_ids, int):
+            if not 0 <= task_ids < self.n_tasks:
+                raise ValueError(f"task_ids={task_ids} is out of range: {known}")
+            return
+        if task_ids.dtype == torch.bool or task_ids.dtype.is_floating_point or task_ids.dtype.is_complex:
+            raise ValueError(f"task_ids must hold integers, got dtype {task_ids.dtype}")
+        if task_ids.dim() > 1:
+            raise ValueError(f"task_ids must be 0-d or (batch,), got shape {tuple(task_ids.shape)}")
+        if task_ids.device.type == "cpu" and task_ids.numel():
+            if int(task_ids.min()) < 0 or int(task_ids.max()) >= self.n_tasks:
+                bad = sorted({int(t) for t in task_ids.reshape(-1) if not 0 <= int(t) < self.n_tasks})
+                raise ValueError(f"task_ids holds {bad}, out of range: {known}")
+
     def weights(self, task_ids: TaskIds | None) -> torch.Tensor:
-        """Routing weights ``route_shape`` for one task or ``(batch, *route_shape)`` for a batch."""
+        """Routing weights ``route_shape`` for one task or ``(batch, *route_shape)`` for a batch.
+
+        ``task_ids``: ``None`` (only for a one-task router), an ``int`` or a 0-d tensor (one
+        task), or ``LongTensor (batch,)``.
+        """
+        self.check_task_ids(task_ids)
         if self.average:
-            shape = self.logits.shape[1:] if not isinstance(task_ids, torch.Tensor) else (
-                task_ids.shape[0], *self.logits.shape[1:])
+            batched = isinstance(task_ids, torch.Tensor) and task_ids.dim() == 1
+            shape = (task_ids.shape[0], *self.logits.shape[1:]) if batched else self.logits.shape[1:]
             return self.logits.new_full(shape, 1.0 / self.logits.shape[-1])
         if task_ids is None:
             if self.n_tasks != 1:
@@ -117,6 +147,8 @@ class TaskRouter(Combiner):
                     "or wrap the call in tensoradapt.use_routing(model, task_ids=...)"
                 )
             task_ids = 0
+        elif isinstance(task_ids, torch.Tensor) and task_ids.dtype != torch.long:
+            task_ids = task_ids.long()  # uint8 would index as a mask, int16 not at all
         return normalized_sigmoid_weights(
             self.logits[task_ids], training=self.training, noise=self.noise, temperature=self.temperature
         )
