@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from tensoradapt.algebra.entangled import check_positive
 from tensoradapt.experts.base import ExpertBank
 from tensoradapt.experts.tlora import TLoRABank
 from tensoradapt.routing.base import TaskIds, TaskRouter
@@ -38,6 +39,7 @@ class LinearRouter(TaskRouter):
     """
 
     def __init__(self, n_tasks: int, n_skills: int, **kwargs) -> None:
+        check_positive("n_skills", n_skills)
         super().__init__(n_tasks, (n_skills,), **kwargs)
 
     def adapter_matrices(self, bank: ExpertBank, task_ids: TaskIds | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -53,6 +55,10 @@ class RankRouter(LinearRouter):
     than mixing the ``R`` dense simple tensors (TensorPoly-I's training step: 1.25x faster on a
     tiny T5, ``benchmarks/step_time.py``).
     """
+
+    def __init__(self, n_tasks: int, tensor_rank: int, **kwargs) -> None:
+        check_positive("tensor_rank", tensor_rank)
+        super().__init__(n_tasks, tensor_rank, **kwargs)
 
     def adapter_matrices(self, bank: ExpertBank, task_ids: TaskIds | None) -> tuple[torch.Tensor, torch.Tensor]:
         if isinstance(bank, TLoRABank) and not bank.normalize_outer:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from tensoradapt.algebra.entangled import check_positive
 from tensoradapt.experts.base import ExpertBank
 from tensoradapt.routing.base import TaskIds, TaskRouter
 
@@ -12,6 +13,7 @@ __all__ = ["MultiHeadRouter", "check_heads_divide"]
 
 def check_heads_divide(n_heads: int, d_in: int, d_out: int) -> None:
     """``ValueError`` naming ``n_heads`` unless it divides both ``d_in`` and ``d_out``."""
+    check_positive("n_heads", n_heads)
     for name, dim in (("d_in", d_in), ("d_out", d_out)):
         if dim % n_heads:
             divisors = [h for h in range(1, min(d_in, d_out) + 1) if d_in % h == 0 and d_out % h == 0]
@@ -30,6 +32,7 @@ class MultiHeadRouter(TaskRouter):
     """
 
     def __init__(self, n_tasks: int, n_heads: int, n_skills: int, *, d_in: int, d_out: int, **kwargs) -> None:
+        check_positive("n_skills", n_skills)
         check_heads_divide(n_heads, d_in, d_out)
         super().__init__(n_tasks, (n_heads, n_skills), **kwargs)
         self.n_heads = n_heads

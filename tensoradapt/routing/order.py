@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from tensoradapt.algebra.entangled import check_positive
 from tensoradapt.experts.tlora import TLoRABank
 from tensoradapt.routing.base import TaskIds, TaskRouter
 
@@ -19,6 +20,8 @@ class OrderRouter(TaskRouter):
     """
 
     def __init__(self, n_tasks: int, order: int, tensor_rank: int, **kwargs) -> None:
+        check_positive("order", order)
+        check_positive("tensor_rank", tensor_rank)
         super().__init__(n_tasks, (order, tensor_rank), **kwargs)
 
     def adapter_matrices(self, bank: TLoRABank, task_ids: TaskIds | None) -> tuple[torch.Tensor, torch.Tensor]:
