@@ -50,6 +50,7 @@ __all__ = [
     "interleaved_samples",
     "markdown_table",
     "median",
+    "paired_difference",
     "paired_ratio",
     "peak_memory_bytes",
     "resolve_device",
@@ -191,11 +192,21 @@ def median(values: Iterable[float]) -> float:
     return statistics.median(list(values))
 
 
-def paired_ratio(samples: Sequence[float], baseline: Sequence[float]) -> float:
-    """Median over rounds of ``samples[i] / baseline[i]`` (both from the same interleaved round)."""
+def _check_paired(samples: Sequence[float], baseline: Sequence[float]) -> None:
     if len(samples) != len(baseline) or not samples:
         raise ValueError(f"need as many samples as baseline samples, got {len(samples)} and {len(baseline)}")
+
+
+def paired_ratio(samples: Sequence[float], baseline: Sequence[float]) -> float:
+    """Median over rounds of ``samples[i] / baseline[i]`` (both from the same interleaved round)."""
+    _check_paired(samples, baseline)
     return statistics.median(a / b for a, b in zip(samples, baseline))
+
+
+def paired_difference(samples: Sequence[float], baseline: Sequence[float]) -> float:
+    """Median over rounds of ``samples[i] - baseline[i]``: the extra cost over the baseline, round by round."""
+    _check_paired(samples, baseline)
+    return statistics.median(a - b for a, b in zip(samples, baseline))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -346,15 +357,25 @@ def bar_chart(
     reference_label: str | None = None,
     log: bool = False,
 ) -> None:
-    """Grouped bar chart: ``groups[group][bar] = value``; an optional dashed horizontal reference line."""
+    """Grouped bar chart: ``groups[group][bar] = value``; an optional dashed horizontal reference line.
+
+    A group shows only its own bars, side by side and centred; a bar name keeps one colour throughout.
+    """
     group_names = list(groups)
     bar_names = list(dict.fromkeys(bar for bars in groups.values() for bar in bars))
-    width = 0.8 / max(1, len(bar_names))
-    figure, axis = plt.subplots(figsize=(max(6.0, 1.2 * len(group_names) * max(1, len(bar_names)) * 0.5 + 2), 4.2))
-    for index, bar in enumerate(bar_names):
-        xs = [g + (index - (len(bar_names) - 1) / 2) * width for g in range(len(group_names))]
-        values = [groups[group].get(bar, float("nan")) for group in group_names]
-        axis.bar(xs, values, width=width, label=bar)
+    colours = {bar: f"C{index % 10}" for index, bar in enumerate(bar_names)}
+    slots = max(len(bars) for bars in groups.values()) if groups else 1
+    width = 0.8 / slots
+    n_bars = sum(len(bars) for bars in groups.values())
+    figure, axis = plt.subplots(figsize=(min(14.0, max(6.0, 0.35 * n_bars + 2.5)), 4.5))
+    labelled: set[str] = set()
+    for position, group in enumerate(group_names):
+        present = [bar for bar in bar_names if bar in groups[group]]
+        for index, bar in enumerate(present):
+            x = position + (index - (len(present) - 1) / 2) * width
+            axis.bar(x, groups[group][bar], width=width, color=colours[bar],
+                     label=None if bar in labelled else bar)
+            labelled.add(bar)
     if reference is not None:
         axis.axhline(reference, color="black", linestyle="--", linewidth=1, label=reference_label)
     axis.set_xticks(range(len(group_names)))
