@@ -85,7 +85,7 @@ def adapted(base: torch.nn.Module, method: str, settings: Settings, seed: int) -
     """
     model = share_base(base)
     tensoradapt.inject(model, adapter_config(method, settings))
-    perturb_adapters(model, seed, std=0.1, leaf_std=0.5)
+    perturb_adapters(model, seed, std=0.1, leaf_std=0.2)
     return model.eval()
 
 
