@@ -36,6 +36,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+from matplotlib.ticker import NullLocator, ScalarFormatter
 import numpy as np
 import torch
 
@@ -117,10 +118,13 @@ def quadratic_onset(xs: Sequence[float], overhead: Sequence[float], reference: f
 
 
 def fit(xs: Sequence[float], overhead: Sequence[float], reference: float, min_share: float) -> dict:
-    """Slope over the range, its class, local slopes and the onset of quadratic growth of one overhead curve."""
+    """Slope over the range, its class, local slopes, the onset of quadratic growth of one overhead curve,
+    and whether the overhead falls again after that onset (a step, not a steady power law)."""
     slope = loglog_slope(xs, overhead)
     onset = quadratic_onset(xs, overhead, reference, min_share)
+    after = [y for x, y in zip(xs, overhead) if onset and x >= onset[1]]
     return {
+        "falls_after_onset": bool(after) and min(after) < after[0],
         "slope": slope,
         "growth": growth_class(slope, measurable=max(overhead) >= min_share * reference),
         "local_slopes": local_slopes(xs, overhead),
@@ -206,8 +210,11 @@ def conclusions(curves: list[dict]) -> list[str]:
         for cost, key in (("time", "time_fit"), ("memory", "memory_fit")):
             onset = curve[key]["quadratic_from"]
             if onset is not None:
+                falls = (f"; it falls again at larger {curve['axis']}, so this is a step, not a steady power law"
+                         if curve[key]["falls_after_onset"] else "")
                 found.append(f"{curve['method']}: the {cost} overhead over LoRA grows quadratically or worse in "
-                             f"{curve['axis']} from {onset[0]} to {onset[1]} (local log-log slope >= {QUADRATIC}).")
+                             f"{curve['axis']} from {onset[0]} to {onset[1]} (local log-log slope >= {QUADRATIC})"
+                             f"{falls}.")
     if not found:
         return [f"No curve turns quadratic: no local log-log slope of a time or memory overhead reaches {QUADRATIC} "
                 "where that overhead is large enough to measure."]
@@ -281,17 +288,21 @@ def markdown(payload: dict) -> str:
 
 
 def chart(path: Path, payload: dict) -> None:
-    """Per axis, log-log: time ratio to LoRA (top) and peak step memory in MiB with LoRA's dashed (bottom)."""
+    """Per axis, log-log: time ratio to LoRA (top) and peak step memory in MiB with LoRA's dashed (bottom).
+
+    Ticks are the measured values in plain numbers; a method keeps one colour in every panel.
+    """
     curves = payload["curves"]
     axes_names = list(dict.fromkeys(c["axis"] for c in curves))
+    colours = {method: f"C{index}" for index, method in enumerate(dict.fromkeys(c["method"] for c in curves))}
     figure, grid = plt.subplots(2, len(axes_names), figsize=(4.2 * len(axes_names), 7.5), squeeze=False)
     for column, axis in enumerate(axes_names):
         top, bottom = grid[0][column], grid[1][column]
         axis_curves = [c for c in curves if c["axis"] == axis]
         for curve in axis_curves:
-            top.plot(curve["values"], curve["ratio_to_lora"], marker="o", label=curve["method"])
-            bottom.plot(curve["values"], [b / 2**20 for b in curve["peak_memory_bytes"]], marker="o",
-                        label=curve["method"])
+            style = dict(marker="o", label=curve["method"], color=colours[curve["method"]])
+            top.plot(curve["values"], curve["ratio_to_lora"], **style)
+            bottom.plot(curve["values"], [b / 2**20 for b in curve["peak_memory_bytes"]], **style)
         bottom.axhline(axis_curves[0]["lora_peak_memory_bytes"] / 2**20, color="black", linestyle="--",
                        linewidth=1, label="lora")
         top.axhline(1.0, color="black", linestyle="--", linewidth=1, label="lora (parity)")
@@ -302,6 +313,10 @@ def chart(path: Path, payload: dict) -> None:
         for plot in (top, bottom):
             plot.set_xscale("log", base=2)
             plot.set_yscale("log")
+            plot.set_xticks(axis_curves[0]["values"], [str(v) for v in axis_curves[0]["values"]])
+            plot.xaxis.set_minor_locator(NullLocator())
+            plot.yaxis.set_major_formatter(ScalarFormatter())
+            plot.yaxis.set_minor_formatter(ScalarFormatter())
             plot.set_xlabel(axis if axis != "tasks" else "tasks (routing rows)")
             plot.legend(fontsize=7)
             plot.grid(True, which="both", alpha=0.3)
