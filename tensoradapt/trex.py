@@ -39,8 +39,9 @@ def set_task_prior(model: nn.Module, table: torch.Tensor | None) -> None:
 
     Row ``t`` (e.g. ``SemanticPrior.task_prior(...)[t]``) is the prior of every example of task
     ``t`` in calls that give ``task_ids`` but no ``semantic_prior``; a per-example
-    ``semantic_prior=`` still wins. The table is a buffer: it is not trained and not written by
-    `save_adapter`, so set it again after loading.
+    ``semantic_prior=`` still wins. The table is a non-persistent buffer: it is not trained and
+    written neither by `save_adapter` nor in the model's ``state_dict``, so set it again after
+    loading.
 
     Raises:
         ValueError: the table is not ``(config.n_tasks, config.trex_n_clusters)``.

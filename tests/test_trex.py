@@ -440,3 +440,21 @@ def test_real_minilm_prior_drives_a_tiny_model(tmp_path):
         optimizer.step()
         losses.append(float(loss.detach()))
     assert losses[-1] < losses[0]
+
+
+def test_task_prior_and_calibration_stay_out_of_the_model_state_dict():
+    """Both are documented as not saved; as persistent buffers they broke strict ``load_state_dict``
+    between a model that has them and a freshly injected one (either way round)."""
+    model = perturb_adapters(trex_model(), seed=3)
+    set_task_prior(model, random_prior(3))
+    with calibrate_routing(model), torch.no_grad():
+        model(**tiny_batch(model), semantic_prior=random_prior(4))
+    state = model.state_dict()
+    assert not any(key.endswith(("task_prior", "calibrated")) for key in state)
+    fresh = trex_model()
+    fresh.load_state_dict(state)  # strict
+    model.load_state_dict(fresh.state_dict())  # strict, into the model that holds a prior and calibration
+    router = next(iter(token_routers(model).values()))
+    assert router.task_prior is not None and router.calibrated is not None  # kept, not overwritten
+    model.to(torch.float64)  # the buffers still follow the module
+    assert router.task_prior.dtype == router.calibrated.dtype == torch.float64

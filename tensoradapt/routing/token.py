@@ -87,8 +87,9 @@ class TokenRouter(Combiner):
     ``average = True`` (the *modules only* training mode) drops routing: every pair weighs
     ``1 / (r1 * r2)``.
 
-    Buffers (not parameters, so not trained and not in `save_adapter`'s file): ``task_prior``
-    ``(n_tasks, k)`` or ``None``; ``calibrated`` ``(r1*r2,)`` mean routing weights or ``None``.
+    Non-persistent buffers (not trained, not in `save_adapter`'s file nor in the model's
+    ``state_dict``; they follow ``.to()``): ``task_prior`` ``(n_tasks, k)`` or ``None``;
+    ``calibrated`` ``(r1*r2,)`` mean routing weights or ``None``.
 
     Shapes (legend ``b`` batch, ``d`` d_in, ``e`` = ``r1*r2`` pairs, ``k`` clusters):
         ``routing_weights``: ``x (b, ..., d)``, prior ``(b, k)`` -> ``(b, ..., e)``, pair
@@ -132,8 +133,10 @@ class TokenRouter(Combiner):
         with torch.no_grad():
             bound = 1.0 / math.sqrt(n_clusters)
             self.prior_weight.uniform_(-bound, bound)
-        self.register_buffer("task_prior", None)
-        self.register_buffer("calibrated", None)
+        # not persistent: documented as not saved (set them again after loading), and a
+        # persistent buffer that is None on a fresh model breaks strict load_state_dict
+        self.register_buffer("task_prior", None, persistent=False)
+        self.register_buffer("calibrated", None, persistent=False)
         self.aux_loss: torch.Tensor | None = None
         self._calibration: tuple[torch.Tensor, int] | None = None
 
