@@ -388,3 +388,46 @@ def test_heads_that_do_not_divide_the_layer_name_n_heads() -> None:
 def test_only_linear_and_conv1d_are_adapted() -> None:
     with pytest.raises(TypeError, match="nn.Linear"):
         AdaptedLinear(nn.Conv2d(2, 2, 1), AdapterConfig())
+
+
+# --- reductions between methods, at layer level --------------------------------------------------
+
+
+@given(kind=st.sampled_from(["linear", "conv1d"]), d_in=blocks, d_out=blocks, rank=st.integers(1, 3), seed=seeds)
+def test_one_skill_poly_one_head_mhr_and_order_one_tlora_are_lora(kind, d_in, d_out, rank, seed) -> None:
+    """Same numbers in every layout: Poly / MHR with S = 1 and TLoRA with R = 1, N = 1 give LoRA's output."""
+    lora = make_layer("lora", kind, d_in, d_out, seed, lora_rank=rank)
+    poly = make_layer("poly", kind, d_in, d_out, seed, lora_rank=rank, n_skills=1)
+    mhr = make_layer("mhr", kind, d_in, d_out, seed, lora_rank=rank, n_skills=1)
+    tlora = make_layer("tlora", kind, d_in, d_out, seed, lora_rank=rank, tensor_rank=1, order=1)
+    with torch.no_grad():
+        for other in (poly, mhr, tlora):
+            other.base.load_state_dict(lora.base.state_dict())
+        for other in (poly, mhr):
+            other.bank.down.copy_(lora.bank.down)
+            other.bank.up.copy_(lora.bank.up)
+        tlora.bank.down.leaves[:, 0, 0, :] = lora.bank.down[0].T
+        tlora.bank.up.leaves[:, 0, 0, :] = lora.bank.up[0]
+    x = torch.randn(3, 2, d_in, dtype=torch.float64)
+    expected = forward(lora, x, None)
+    for other in (poly, mhr):
+        for task in range(3):
+            torch.testing.assert_close(forward(other, x, task), expected, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(forward(tlora, x, None), expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("method", ["lora", "tlora", "poly", "mhr", "tensorpoly_i", "tensorpoly_ii"])
+def test_fresh_lora_init_layers_start_at_the_base(method: str) -> None:
+    """LoRA's B = 0 and the entangled zero-output B (init='lora', R >= 2): the delta starts at zero.
+
+    The entangled zero-output B sums to zero only with *equal* rank weights, so the TensorPoly
+    layers are checked with the routing averaged; routed with unequal weights their fresh delta
+    is small (logits start within +-1e-3) but not zero.
+    """
+    torch.manual_seed(0)
+    config = AdapterConfig(method=method, n_tasks=2, lora_rank=2, n_skills=3, n_heads=2, tensor_rank=2, init="lora")
+    layer = AdaptedLinear(nn.Linear(6, 4, dtype=torch.float64), config).eval()
+    if method.startswith("tensorpoly"):
+        layer.combiner.average = True
+    x = torch.randn(3, 6, dtype=torch.float64)
+    torch.testing.assert_close(forward(layer, x, 1), layer.base(x), rtol=0, atol=1e-12)
