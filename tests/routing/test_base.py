@@ -77,7 +77,7 @@ def test_training_samples_are_relaxed_bernoulli_in_0_1_and_normalised(n_tasks, n
     expected = sample / (sample.sum(-1, keepdim=True) + 1e-12)
     torch.testing.assert_close(weights, expected, rtol=1e-9, atol=1e-12)
     # Normalised wherever the sample is not vanishingly small (then the 1e-12 guard shows).
-    visible = sample.sum(-1) > 1e-6
+    visible = sample.sum(-1) > 1e-4  # the guard then moves the sum by < 1e-8
     torch.testing.assert_close(weights.sum(-1)[visible], torch.ones_like(weights.sum(-1)[visible]))
 
 
