@@ -349,7 +349,7 @@ def test_without_a_prior_the_gate_is_unused():
 def test_fresh_router_starts_uniform_and_gate_at_one_half(mix):
     router = TokenRouter(7, 2, 3, n_clusters=4, prior_mix=mix, dtype=torch.float64)
     assert torch.count_nonzero(router.token_weight) == 0 and float(router.gate_logit.detach()) == 0.0
-    assert float(router.gate) == 0.5
+    assert float(router.gate.detach()) == 0.5
     x, prior = tokens((2, 5, 7), 0), tokens((2, 4), 1)
     torch.testing.assert_close(router.routing_weights(x), torch.full((2, 5, 6), 1 / 6, dtype=torch.float64))
     torch.testing.assert_close(router.routing_weights(x, prior), plain_weights(router, x, prior))
