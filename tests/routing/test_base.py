@@ -23,9 +23,12 @@ seeds = st.integers(0, 2**16)
 
 
 def plain_poly_weights(row: torch.Tensor) -> torch.Tensor:
-    """``sigmoid(z_s) / sum_s' sigmoid(z_s')`` with a Python loop over the skills."""
+    """``sigmoid(z_s) / (sum_s' sigmoid(z_s') + 1e-12)`` with a Python loop over the skills.
+
+    The ``1e-12`` guard is Poly's reference code (and PEFT's); it shows when every sigmoid is tiny.
+    """
     sig = [1.0 / (1.0 + math.exp(-float(z))) for z in row]
-    total = sum(sig)
+    total = sum(sig) + 1e-12
     return torch.tensor([v / total for v in sig], dtype=torch.float64)
 
 
