@@ -467,7 +467,7 @@ def test_balance_loss_is_positive_differentiable_and_plain(top_k, with_prior):
     prior = tokens((3, 3), 1) if with_prior else None
     router.token_delta(x, bank, semantic_prior=prior)
     loss = router.aux_loss
-    assert loss is not None and loss.dim() == 0 and float(loss) > 0
+    assert loss is not None and loss.dim() == 0 and float(loss.detach()) > 0
     # Switch: E * sum_e f_e P_e; f the share of dispatches (top-k, or arg-max without top-k)
     probs = plain_weights(router, x, prior).reshape(-1, 6)
     n_sent = top_k or 1
@@ -476,7 +476,7 @@ def test_balance_loss_is_positive_differentiable_and_plain(top_k, with_prior):
         for e in sorted(range(6), key=lambda e: -float(row[e]))[:n_sent]:
             counts[e] += 1
     expected = 6 * sum(float(counts[e] / counts.sum()) * float(probs[:, e].mean()) for e in range(6))
-    assert float(loss) == pytest.approx(expected, rel=1e-9)
+    assert float(loss.detach()) == pytest.approx(expected, rel=1e-9)
     loss.backward()
     for parameter in (router.token_weight,) + ((router.prior_weight, router.gate_logit) if with_prior else ()):
         assert parameter.grad is not None and torch.isfinite(parameter.grad).all()
@@ -496,7 +496,7 @@ def test_balance_loss_is_one_when_perfectly_balanced():
     x = torch.zeros(1, 2, 4, dtype=torch.float64)
     x[0, 0, 0], x[0, 1, 0] = 1.0, -1.0  # one token to each pair, symmetric probabilities
     router.token_delta(x, bank)
-    assert float(router.aux_loss) == pytest.approx(1.0, rel=1e-12)
+    assert float(router.aux_loss.detach()) == pytest.approx(1.0, rel=1e-12)
 
 
 # --------------------------------------------------------------------------------------------
