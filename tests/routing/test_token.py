@@ -529,6 +529,26 @@ def test_averaged_matrices_are_the_plain_routing_average():
     assert a.shape[1] == b.shape[0] == 2  # rank min(r1, r2)
 
 
+@given(d_in=dims, d_out=dims, r1=counts, r2=counts, k=st.integers(1, 4), top_k=st.booleans(), seed=seeds)
+def test_averaged_matrices_both_branches(d_in, d_out, r1, r2, k, top_k, seed):
+    """``A (Rbar B)`` when r1 <= r2, ``(A Rbar) B`` otherwise: always the plain pair sum, rank min(r1, r2)."""
+    cut = 1 if top_k and r1 * r2 > 1 else None
+    bank, router = build(d_in, d_out, r1, r2, k=k, seed=seed, top_k=cut)
+    table = tokens((2, k), seed + 1)
+    router.set_task_prior(table)
+    weights = plain_weights(router, torch.zeros(1, d_in, dtype=torch.float64), table[1:2])[0]
+    if cut is not None:
+        weights = plain_top_k(weights, cut)
+    down, up = plain_vectors(bank)
+    expected = torch.zeros(d_in, d_out, dtype=torch.float64)
+    for i in range(r1):
+        for j in range(r2):
+            expected += weights[i * r2 + j] * torch.outer(down[i], up[j])
+    a, b = router.averaged_matrices(bank, task=1)
+    assert a.shape == (d_in, min(r1, r2)) and b.shape == (min(r1, r2), d_out)
+    torch.testing.assert_close(a @ b, expected)
+
+
 def test_calibration_without_calls_is_refused():
     router = TokenRouter(4, 2, 2)
     with pytest.raises(RuntimeError, match="start_calibration"):
