@@ -1,0 +1,163 @@
+"""The method scripts end to end: pre-training, few-shot per task and seed, report; on made-up and real rows."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import tensoradapt
+from t0_recipes.methods import adapter_config_for, modes_of
+from t0_recipes.pipeline import main, recipe_parser
+from t0_recipes.presets import load_model
+from t0_recipes.tasks import TASKS
+
+REPO = Path(__file__).resolve().parents[2]
+METHODS = ("lora", "tlora", "poly", "mhr", "tensorpoly_i", "tensorpoly_ii", "trex")
+HELD = ("rte", "cb")
+MIXTURE = ("boolq", "sst2")
+SEEDS = (42, 0)
+FAST = ["--preset", "tiny", "--steps", "2", "--pretrain-steps", "3", "--eval-max-rows", "3", "--quiet"]
+
+
+def _write(path, rows) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+
+@pytest.fixture()
+def data_dir(tmp_path, make_row):
+    """A data folder in the local layout: two held-out tasks (few-shot + validation), two mixture tasks."""
+    rng = random.Random(0)
+    root = tmp_path / "data"
+    for name in HELD + MIXTURE:
+        task = TASKS[name]
+        for seed in SEEDS:
+            rows = [make_row(name, rng, i % task.n_choices) for i in range(8)]
+            _write(root / "t0_fewshot" / task.local_dir / f"{task.k}_shot" / f"{seed}_seed.jsonl", rows)
+        if task.held_out:
+            rows = [make_row(name, rng, i % task.n_choices) for i in range(5)]
+            _write(root / "t0_validation" / task.local_dir / "validation.jsonl", rows)
+    return root
+
+
+def _check_outputs(out, stem: str, tasks, seeds) -> dict:
+    report = json.loads((out / f"{stem}.json").read_text())
+    for key in ("method", "preset", "mode", "params", "wall_time_s", "summary", "results", "pretrain", "config", "notes"):
+        assert key in report, key
+    assert report["random_init"] is True
+    assert {(r["task"], r["seed"]) for r in report["results"]} == {(t, s) for t in tasks for s in seeds}
+    assert all(0.0 <= r["accuracy"] <= 1.0 and r["n_train"] for r in report["results"])
+    assert set(report["summary"]["tasks"]) == set(tasks) and 0.0 <= report["summary"]["mean"] <= 1.0
+    assert 0 < report["params"]["trainable"] < report["params"]["total"]
+    assert "Tiny random-init model" in (out / f"{stem}.md").read_text()
+    assert (out / f"{stem}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    config = json.loads((out / f"{stem}_config.json").read_text())
+    assert config["method"] == report["method"] and config["mixture_tasks"] == list(MIXTURE)
+    return report
+
+
+def test_script_runs_end_to_end_as_a_path(data_dir, tmp_path):
+    out = tmp_path / "out"
+    command = [sys.executable, str(REPO / "t0_recipes" / "tensorpoly_i.py"), *FAST, "--data-dir", str(data_dir),
+               "--tasks", *HELD, "--seeds", *map(str, SEEDS), "--output-dir", str(out)]
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "accuracy is near chance" in done.stderr
+    report = _check_outputs(out, "tensorpoly_i_tiny", HELD, SEEDS)
+    assert report["pretrain"]["steps"] == 3 and report["pretrain"]["tasks"] == 4  # 2 templates x boolq, sst2
+    assert (out / "pretrain_tensorpoly_i_tiny" / "latest").exists()
+    assert (out / "pretrain_tensorpoly_i_tiny" / "adapter" / "adapter_config.json").is_file()
+
+
+@pytest.mark.parametrize(("method", "mode"), [("poly", "routing_only"), ("tensorpoly_ii", "modules_only")])
+def test_recipe_in_process_every_task_and_seed(method, mode, data_dir, tmp_path):
+    out = tmp_path / "out"
+    paths = main(method, [*FAST, "--data-dir", str(data_dir), "--tasks", *HELD, "--seeds", *map(str, SEEDS),
+                          "--mode", mode, "--output-dir", str(out), "--task-mode", "datasets"])
+    stem = f"{method}_tiny" if mode == "full" else f"{method}_{mode}_tiny"
+    assert paths["json"] == out / f"{stem}.json"
+    report = _check_outputs(out, stem, HELD, SEEDS)
+    assert report["mode"] == mode and report["pretrain"]["tasks"] == 2  # datasets as tasks
+    if mode == "routing_only":
+        assert report["params"]["trainable"] == report["params"]["routing"]
+
+
+def test_pretraining_resumes_from_its_checkpoint(data_dir, tmp_path):
+    args = [*FAST, "--data-dir", str(data_dir), "--tasks", "cb", "--seeds", "42", "--output-dir", str(tmp_path),
+            "--checkpoint-every", "2"]
+    main("poly", args)
+    main("poly", [*args, "--resume"])
+    report = json.loads((tmp_path / "poly_tiny.json").read_text())
+    assert report["pretrain"]["resumed_from_step"] == 3  # already complete: nothing retrained
+
+
+def test_the_module_form_runs(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "t0_recipes.mhr", "--help"], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0 and "--mode" in done.stdout and "--output-dir" in done.stdout
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_script_parses_and_builds_its_adapter(method):
+    module = importlib.import_module(f"t0_recipes.{method}")
+    assert module.main is main
+    source = (REPO / "t0_recipes" / f"{method}.py").read_text()
+    assert f'main("{method}")' in source and len(source.splitlines()) <= 20
+    args = recipe_parser(method).parse_args(["--data-dir", "d", "--output-dir", "o"])
+    assert args.preset == "paper" and args.mode == "full" and args.output_dir == "o"
+    assert tuple(recipe_parser(method)._option_string_actions["--mode"].choices) == modes_of(method)
+    adapter_config_for(method, "paper", n_tasks=313)  # the paper's sizes validate
+    model, _ = load_model("tiny")
+    tensoradapt.inject(model, adapter_config_for(method, "tiny", n_tasks=4))
+    ids = torch.tensor([[5, 6, 1]])
+    output = model(input_ids=ids, labels=ids, task_ids=torch.tensor([3]) if method not in ("lora", "tlora") else None)
+    assert torch.isfinite(output.loss)
+
+
+@pytest.mark.parametrize("method", ["lora", "tlora"])
+def test_unrouted_methods_refuse_other_modes(method, capsys):
+    with pytest.raises(SystemExit):
+        recipe_parser(method).parse_args(["--mode", "routing_only"])
+    assert "invalid choice" in capsys.readouterr().err
+
+
+def test_paper_preset_offline_fails_fast_naming_the_alternatives(monkeypatch, tmp_path, data_dir):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty_cache"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty_cache" / "hub"))
+    start = time.perf_counter()
+    with pytest.raises(SystemExit) as error:
+        main("tensorpoly_i", ["--data-dir", str(data_dir), "--output-dir", str(tmp_path / "out")])  # default: paper
+    assert time.perf_counter() - start < 15
+    assert "--model PATH" in str(error.value.code) and "--preset tiny" in str(error.value.code)
+    assert not (tmp_path / "out").exists()
+
+
+def test_real_rows_when_present(tmp_path):
+    env = os.environ.get("TENSORADAPT_T0_DATA")
+    root = Path(env) if env else REPO.parent / "shared" / "data"
+    if not (root / "t0_validation" / "cb").is_dir() or not (root / "t0_fewshot" / "boolq").is_dir():
+        pytest.skip("no real rows: set $TENSORADAPT_T0_DATA or place the data at ../shared/data (cb and boolq needed)")
+    main("tensorpoly_i", [*FAST, "--data-dir", str(root), "--tasks", "cb", "copa", "--seeds", "42",
+                          "--output-dir", str(tmp_path)])
+    report = json.loads((tmp_path / "tensorpoly_i_tiny.json").read_text())
+    assert {r["task"] for r in report["results"]} == {"cb", "copa"}
+    assert report["config"]["mixture_tasks"] == ["boolq", "sst2"]
+    assert all(r["n_eval"] == 3 * 3 for r in report["results"])  # 3 capped rows x 3 templates
+
+
+@pytest.mark.slow
+def test_trex_end_to_end_with_its_semantic_prior(data_dir, tmp_path):
+    pytest.importorskip("sentence_transformers")
+    main("trex", [*FAST, "--data-dir", str(data_dir), "--tasks", "cb", "--seeds", "42", "--output-dir", str(tmp_path)])
+    report = json.loads((tmp_path / "trex_tiny.json").read_text())
+    assert report["results"] and report["method"] == "trex"
