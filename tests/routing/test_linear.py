@@ -203,10 +203,12 @@ def test_tensorpoly_i_with_one_tensor_rank_is_tlora(d_in, d_out, rank, order, n_
     randomize(bank, seed)
     router = RankRouter(n_tasks, 1, dtype=torch.float64).train()
     expected_down, expected_up = rank_mixed_reference(bank, [1.0], normalize)
+    torch.manual_seed(seed)
     for t in range(n_tasks):
         down, up = router.adapter_matrices(bank, t)
-        torch.testing.assert_close(down, expected_down, rtol=1e-8, atol=1e-10)
-        torch.testing.assert_close(up, expected_up, rtol=1e-8, atol=1e-10)
+        # The lone weight is s / (s + 1e-12) for a relaxed-Bernoulli sample s: 1 up to 1e-12 / s.
+        torch.testing.assert_close(down, expected_down, rtol=1e-5, atol=1e-10)
+        torch.testing.assert_close(up, expected_up, rtol=1e-5, atol=1e-10)
 
 
 @pytest.mark.parametrize("normalize", [False, True])
