@@ -12,7 +12,13 @@ One job per module, each importing only from the ones above it in this list:
 * `t0_recipes.presets`: ``paper`` / ``tiny`` hyper-parameters and `load_model`.
 * `t0_recipes.report`: medians, means, JSON + Markdown (Table-1 layout) + PNG.
 * `t0_recipes.protocol`: tasks x seeds: adapt, evaluate, collect.
-* `t0_recipes.cli` and one script per method (`t0_recipes.zero_shot` so far).
+* `t0_recipes.methods`: each method's adapter sizes (paper / tiny) and training modes.
+* `t0_recipes.mixture`: the multi-task pre-training mixture (non-held-out tasks, or P3).
+* `t0_recipes.trex_prior`: T-REX's semantic prior as one row per task.
+* `t0_recipes.pretrain` and `t0_recipes.adapt`: the two training stages.
+* `t0_recipes.cli` and `t0_recipes.pipeline`: arguments and the stages in order; one script per
+  method over them (`lora`, `tlora`, `poly`, `mhr`, `tensorpoly_i`, `tensorpoly_ii`, `trex`)
+  and `t0_recipes.zero_shot`.
 """
 
 from t0_recipes.collate import MultipleChoiceCollator
