@@ -101,7 +101,8 @@ class AdaptedLinear(nn.Module):
             task_ids = self.state.task_ids_for(x.shape[0])
         if self.combiner.token_routed:
             prior = self.state.semantic_prior_for(x.shape[0])
-            return self.combiner.token_delta(self.dropout(x), self.bank, task_ids, prior) * self.scaling
+            delta = self.combiner.token_delta(self.dropout(x), self.bank, task_ids, prior, routing_input=x)
+            return delta * self.scaling
         down, up = self.combiner.adapter_matrices(self.bank, task_ids)
         x = self.dropout(x).to(down.dtype)
         if up.numel() * x.shape[-1] <= x.numel() * up.shape[-1]:

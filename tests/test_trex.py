@@ -458,3 +458,26 @@ def test_task_prior_and_calibration_stay_out_of_the_model_state_dict():
     assert router.task_prior is not None and router.calibrated is not None  # kept, not overwritten
     model.to(torch.float64)  # the buffers still follow the module
     assert router.task_prior.dtype == router.calibrated.dtype == torch.float64
+
+
+def test_routing_reads_the_clean_input_under_dropout():
+    """Dropout acts on the down projections only: the router sees the clean tokens, in training too."""
+    from torch import nn
+
+    from tensoradapt import AdaptedLinear
+
+    torch.manual_seed(0)
+    layer = AdaptedLinear(nn.Linear(8, 6), AdapterConfig(method="trex", trex_down=R1, trex_up=R2, dropout=0.5))
+    with torch.no_grad():
+        for parameter in [*layer.bank.parameters(), layer.combiner.token_weight]:
+            parameter.normal_()
+    seen = []
+    route = layer.combiner._route
+    layer.combiner._route = lambda logits, prior: seen.append(logits.detach()) or route(logits, prior)
+    x = torch.randn(4, 5, 8)
+    layer.train()(x)
+    clean_logits = x.double() @ layer.combiner.token_weight.detach().double().T
+    torch.testing.assert_close(seen[0].double(), clean_logits, atol=1e-5, rtol=1e-5)
+    # ... while the projections did see dropout: the delta differs from the eval-mode one.
+    train_delta = layer.delta(x)
+    assert not torch.allclose(train_delta, layer.eval().delta(x))

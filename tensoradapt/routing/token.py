@@ -251,19 +251,28 @@ class TokenRouter(Combiner):
         bank: ExpertBank,
         task_ids: TaskIds | None = None,
         semantic_prior: torch.Tensor | None = None,
+        routing_input: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``delta(x) = sum_ij R_ij(x) b_j (a_i . x)`` (unscaled): ``(b, ..., d_in) -> (b, ..., d_out)``.
 
-        One matmul gives both the ``r1`` projections ``x A`` and the token logits ``x W_r^T``;
-        then ``g = sum_i R_ij h_i`` and ``g B``. The largest intermediate is ``(b, ..., r1 * r2)``.
+        ``routing_input`` (same shape as ``x``) is what the router reads when it differs from the
+        projected ``x``: the layer passes the clean input there and the dropped-out one as ``x``,
+        so routing is the same in training and eval (dropout acts on ``a_i . x`` only, as in the
+        reference code). Without it, or when it is ``x`` itself, one matmul gives both the ``r1``
+        projections ``x A`` and the token logits ``x W_r^T``; then ``g = sum_i R_ij h_i`` and
+        ``g B``. The largest intermediate is ``(b, ..., r1 * r2)``.
         """
         down, up = bank.vectors()  # (d_in, r1), (r2, d_out)
-        x = x.to(down.dtype)
         prior = self.prior_rows(semantic_prior, task_ids)
         if prior is not None and x.dim() < 2:
             raise ValueError(f"a semantic prior needs a batch axis on x, got shape {tuple(x.shape)}")
-        fused = x @ torch.cat([down, self.token_weight.T.to(down.dtype)], dim=1)  # ... d, d (i + e)
-        h, token_logits = fused.split([self.n_down, self.n_pairs], dim=-1)
+        if routing_input is None or routing_input is x:
+            x = x.to(down.dtype)
+            fused = x @ torch.cat([down, self.token_weight.T.to(down.dtype)], dim=1)  # ... d, d (i + e)
+            h, token_logits = fused.split([self.n_down, self.n_pairs], dim=-1)
+        else:
+            h = x.to(down.dtype) @ down
+            token_logits = routing_input.to(down.dtype) @ self.token_weight.T.to(down.dtype)
         weights, probs, dispatch = self._route(token_logits, prior)
         self._record(weights, probs, dispatch)
         weights = weights.to(down.dtype).reshape(*weights.shape[:-1], self.n_down, self.n_up)
