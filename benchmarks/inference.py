@@ -285,7 +285,8 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--n-heads", type=int, default=64)
     parser.add_argument("--n-tasks", type=int, default=313)
     parser.add_argument("--min-sample-s", type=float, default=0.05, help="repeat a call until a sample lasts this long")
-    parser.add_argument("--methods", default=",".join(MERGEABLE), help="comma-separated subset of " + ",".join(MERGEABLE))
+    parser.add_argument("--methods", default=",".join(MERGEABLE),
+                        help="comma-separated subset of " + ",".join(MERGEABLE))
     args = parser.parse_args(argv)
     args.methods = tuple(m for m in args.methods.split(",") if m)
     unknown = sorted(set(args.methods) - set(MERGEABLE))

@@ -73,7 +73,9 @@ AXES: dict[str, tuple[str, tuple[str, ...], tuple[int, ...], tuple[int, ...]]] =
 QUADRATIC = 1.8
 
 #: Upper bounds of the growth classes of a log-log slope ``k``.
-GROWTH_CLASSES = ((-0.2, "falling"), (0.2, "flat"), (0.8, "sub-linear"), (1.2, "about linear"), (QUADRATIC, "super-linear"))
+GROWTH_CLASSES = (
+    (-0.2, "falling"), (0.2, "flat"), (0.8, "sub-linear"), (1.2, "about linear"), (QUADRATIC, "super-linear"),
+)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -260,7 +262,8 @@ def markdown(payload: dict) -> str:
         "",
         f"Overhead = the method's cost minus LoRA's (time: median of per-round differences; memory: peak of one "
         f"step). Slope = least-squares log-log slope of the overhead over the axis (1 linear, 2 quadratic); "
-        f"growth classes: falling < -0.2 <= flat < 0.2 <= sub-linear < 0.8 <= about linear < 1.2 <= super-linear < {QUADRATIC} <= "
+        f"growth classes: falling < -0.2 <= flat < 0.2 <= sub-linear < 0.8 <= about linear < 1.2 <= "
+        f"super-linear < {QUADRATIC} <= "
         f"quadratic or worse; negligible = the overhead never reaches {settings['min_share']:.0%} of LoRA's own cost. "
         f"Quadratic onset = first pair of consecutive points with a local slope >= {QUADRATIC} whose overheads "
         f"both reach {settings['min_share']:.0%} of LoRA's own cost.",

@@ -26,6 +26,7 @@ def test_quick_run_writes_curves_and_fits(tmp_path):
     assert written == json.loads(json.dumps(returned))
     expected = {(axis, method) for axis, (_, methods, _, _) in benchmark.AXES.items() for method in methods}
     assert {(c["axis"], c["method"]) for c in written["curves"]} == expected
+    classes = {"negligible", "quadratic or worse"} | {name for _, name in benchmark.GROWTH_CLASSES}
     for curve in written["curves"]:
         n = len(curve["values"])
         assert n >= 2 and curve["values"] == sorted(curve["values"])
@@ -34,7 +35,7 @@ def test_quick_run_writes_curves_and_fits(tmp_path):
         assert all(math.isfinite(r) and r > 0 for r in curve["ratio_to_lora"])
         for fit in (curve["time_fit"], curve["memory_fit"]):
             assert len(fit["local_slopes"]) == n - 1
-            assert fit["growth"] in {"negligible", "quadratic or worse"} | {name for _, name in benchmark.GROWTH_CLASSES}
+            assert fit["growth"] in classes
     routing_rows = next(c for c in written["curves"] if c["axis"] == "tasks" and c["method"] == "poly")
     assert routing_rows["adapter_parameters"][-1] > routing_rows["adapter_parameters"][0]
     assert written["conclusions"] and {"platform", "cpu_count", "torch"} <= set(written["environment"])
