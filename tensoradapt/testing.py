@@ -203,7 +203,7 @@ def tiny_batch(model: nn.Module, batch: int = 4, length: int = 5, seed: int = 0)
 
 
 #: Small settings per method for the tiny models: rank 2, 3 tasks, 3 skills / tensor ranks, 2 MHR
-#: heads, order 2. One line per method; a new method is one more line.
+#: heads, order 2; T-REX 2 x 3 pairs and a 4-cluster prior. One line per method; a new method is one more line.
 TINY_METHOD_CONFIGS: dict[str, dict] = {
     "lora": dict(lora_rank=2),
     "tlora": dict(lora_rank=2, tensor_rank=2, order=2),
@@ -211,6 +211,7 @@ TINY_METHOD_CONFIGS: dict[str, dict] = {
     "mhr": dict(lora_rank=2, n_skills=3, n_heads=2, n_tasks=3),
     "tensorpoly_i": dict(lora_rank=2, tensor_rank=3, order=2, n_tasks=3),
     "tensorpoly_ii": dict(lora_rank=2, tensor_rank=3, order=2, n_tasks=3),
+    "trex": dict(trex_down=2, trex_up=3, trex_n_clusters=4, n_tasks=3),
 }
 
 
