@@ -226,7 +226,7 @@ def plot_report(report: Mapping[str, Any], path: str | os.PathLike) -> Path:
     if report.get("random_init"):
         title += " - tiny random-init model"
     axis.set_title(title)
-    axis.legend(fontsize=8, loc="upper left", ncols=2)
+    axis.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncols=4, frameon=False)  # below: no bar hidden
     figure.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
