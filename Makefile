@@ -31,6 +31,10 @@ docs: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/contraction.py --json benchmarks/results/contraction.json
+	$(PY) benchmarks/param_table.py --json benchmarks/results/param_table.json
+	$(PY) benchmarks/step_time.py --json benchmarks/results/step_time.json
+	$(PY) benchmarks/inference.py --json benchmarks/results/inference.json
+	$(PY) benchmarks/scaling.py --json benchmarks/results/scaling.json
 
 clean:
 	rm -rf $(VENV) site .pytest_cache .hypothesis

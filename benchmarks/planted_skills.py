@@ -291,7 +291,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--quick", action="store_true", help="tiny sizes (a smoke test of a few seconds)")
     parser.add_argument("--worlds", nargs="+", default=list(WORLDS), choices=WORLDS, help="which planted worlds")
     parser.add_argument("--no-param-table", action="store_true", help="skip the T0-3B parameter table at the end")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (1: the models are tiny, and more threads only spin-wait on a busy CPU)")
     args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
 
     run = QUICK if args.quick else FULL
     started = time.perf_counter()

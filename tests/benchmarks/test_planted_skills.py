@@ -4,16 +4,18 @@ figure it writes is computed in the run, and the same seed gives the same number
 import json
 
 import pytest
+import torch
 
 METHODS = {"lora_scratch", "lora", "tlora", "poly", "mhr", "tensorpoly_i", "tensorpoly_ii", "trex"}
 TASK_ROUTED = {"poly", "mhr", "tensorpoly_i", "tensorpoly_ii"}
+THREADS = ("--threads", str(torch.get_num_threads()))  # leave the test process's setting as it is
 
 
 @pytest.fixture(scope="module")
 def quick_run(load_benchmark, tmp_path_factory):
     demo = load_benchmark("planted_skills")
     out = tmp_path_factory.mktemp("demo")
-    returned = demo.main(["--quick", "--output-dir", str(out), "--no-param-table"])
+    returned = demo.main(["--quick", "--output-dir", str(out), "--no-param-table", *THREADS])
     return demo, out, returned
 
 
@@ -49,6 +51,6 @@ def test_every_method_reports_errors_parameters_and_recovery(quick_run):
 
 def test_same_seed_gives_the_same_figures(quick_run, tmp_path):
     demo, _, first = quick_run
-    second = demo.main(["--quick", "--output-dir", str(tmp_path), "--no-param-table", "--worlds", "poly"])
+    second = demo.main(["--quick", "--output-dir", str(tmp_path), "--no-param-table", "--worlds", "poly", *THREADS])
     for name, entry in second["worlds"]["poly"]["methods"].items():
         assert entry["fewshot"] == first["worlds"]["poly"]["methods"][name]["fewshot"], name
