@@ -41,20 +41,33 @@ def kron_chain(leaves: torch.Tensor, *, normalize_outer: bool = False) -> torch.
     """Pairwise products of the leaves, left to right, keeping the rank axis.
 
     Args:
-        leaves: ``(batch, rank, order, q)``.
-        normalize_outer: apply a parameter-free LayerNorm over the flattened outer product
-            after every pairwise product (the TensorPoly reference code's option).
+        leaves: ``(*batch, rank, order, q)``.
+        normalize_outer: after every pairwise product, a parameter-free LayerNorm (mean 0,
+            biased variance 1, eps ``1e-5``) over the last batch axis and the flattened product
+            jointly: once the first ``m`` leaves are multiplied (``m = 2 .. order``) each block
+            ``(batch[-1], q ** m)`` is normalised, one block per rank component and per index of
+            the leading batch axes ``batch[:-1]``. This is the TensorPoly reference code's LayerNorm
+            over ``[r, q * q]``, where the last batch axis holds the ``r`` LoRA columns. Without a
+            batch axis each rank's product ``(q ** m,)`` is normalised alone.
 
     Returns:
-        ``(batch, rank, q ** order)``: per rank, ``leaf_0 (x) leaf_1 (x) ...`` in ``torch.kron``
+        ``(*batch, rank, q ** order)``: per rank, ``leaf_0 (x) leaf_1 (x) ...`` in ``torch.kron``
         (row-major) order.
     """
-    product = leaves[:, :, 0, :]
-    for n in range(1, leaves.shape[2]):
-        product = (product.unsqueeze(-1) * leaves[:, :, n, :].unsqueeze(-2)).flatten(-2)
+    product = leaves[..., 0, :]
+    for n in range(1, leaves.shape[-2]):
+        product = (product.unsqueeze(-1) * leaves[..., n, :].unsqueeze(-2)).flatten(-2)
         if normalize_outer:
-            product = F.layer_norm(product, product.shape[-1:])
+            product = _joint_layer_norm(product)
     return product
+
+
+def _joint_layer_norm(product: torch.Tensor) -> torch.Tensor:
+    """LayerNorm of ``(*batch, rank, P)`` over ``(batch[-1], P)`` per rank, or over ``P`` without batch axes."""
+    if product.dim() < 3:
+        return F.layer_norm(product, product.shape[-1:])
+    rank_first = product.movedim(-2, -3)  # (*batch[:-1], rank, batch[-1], P)
+    return F.layer_norm(rank_first, rank_first.shape[-2:]).movedim(-3, -2)
 
 
 def materialize(
@@ -73,8 +86,10 @@ def materialize(
         leaves: ``(*batch, rank, order, q)`` with ``q ** order >= dim``.
         dim: size of the vectors.
         keep_rank: return each rank's simple tensor instead of their sum.
-        normalize_outer: LayerNorm after each pairwise outer product (reference-code option;
-            uses the sequential pairwise path instead of the planned contraction).
+        normalize_outer: LayerNorm after each pairwise outer product, jointly over the last
+            batch axis and the product (per rank and leading batch index; over the product alone
+            without batch axes), as in [`kron_chain`][tensoradapt.algebra.contraction.kron_chain]
+            (reference-code option; uses the sequential pairwise path, not the planned contraction).
 
     Order 2 needs no plan: the rank-summed product is one batched matmul
     (``b r a, b r c -> b a c`` as ``bmm(L0^T, L1)``) and the rank-kept one a broadcast product;
@@ -89,12 +104,11 @@ def materialize(
     *batch_shape, rank, order, q = leaves.shape
     if q**order < dim:
         raise ValueError(f"leaves of size q={q} and order {order} give {q**order} entries, fewer than dim={dim}")
-    flat = leaves.reshape(-1, rank, order, q)
     if normalize_outer or order == 1:
-        product = kron_chain(flat, normalize_outer=normalize_outer)
-        if not keep_rank:
-            product = product.sum(dim=1)
-    elif order == 2:
+        product = kron_chain(leaves, normalize_outer=normalize_outer)  # (*batch, rank, q ** order)
+        return (product if keep_rank else product.sum(dim=-2))[..., :dim]
+    flat = leaves.reshape(-1, rank, order, q)
+    if order == 2:
         first, second = flat.unbind(2)  # (b, r, q) each
         if keep_rank:
             product = (first.unsqueeze(-1) * second.unsqueeze(-2)).flatten(-2)

@@ -33,12 +33,18 @@ class EntangledTensor(nn.Module):
         dim: vector size ``d``.
         rank: number of simple tensors ``R``.
         order: number of leaves per simple tensor ``N``.
-        batch_shape: leading shape of independent vectors.
+        batch_shape: leading shape of the vectors (independent unless ``normalize_outer``).
         init: one of ``normal``, ``uniform``, ``leaf_uniform``, ``zero_output`` (see
             [`tensoradapt.algebra.init`][tensoradapt.algebra.init]).
         std: target standard deviation of materialised entries.
         bound: leaf half-width for ``leaf_uniform``.
-        normalize_outer: parameter-free LayerNorm after each pairwise outer product.
+        normalize_outer: parameter-free LayerNorm (eps ``1e-5``) after each pairwise outer
+            product, jointly over the last batch axis and the product: once the first ``m`` leaves
+            are multiplied (``m = 2 .. N``) each block ``(batch_shape[-1], q ** m)`` is normalised,
+            one block per rank component and per index of ``batch_shape[:-1]`` (each ``(q ** m,)``
+            alone when ``batch_shape`` is empty). With ``batch_shape=(r,)`` holding LoRA's ``r`` columns this
+            is the TensorPoly reference's LayerNorm over ``[r, q * q]``; the batch entries are then
+            no longer independent.
         dtype: of the leaves (floating point only); the default dtype when ``None``.
         device: of the leaves.
 

@@ -35,6 +35,11 @@ class RankOneBank(ExpertBank):
         (the product is zero, every leaf still gets gradient), which needs ``tensor_rank >= 2``
         when ``order >= 2``.
 
+    ``normalize_outer`` (entangled only), by analogy with TLoRA's columns: the ``r1`` down vectors
+    are the columns of ``A (d_in, r1)`` and are LayerNormed together after every pairwise product,
+    over ``(r1, q_in ** m)`` per rank component, and the ``r2`` up vectors (the rows of
+    ``B (r2, d_out)``) together over ``(r2, q_out ** m)``; down and up vectors are never mixed.
+
     Shapes (legend ``i`` d_in, ``o`` d_out, ``p`` r1, ``q`` r2):
         ``vectors()``: ``A (i, p)`` (column ``i`` is ``a_i``), ``B (q, o)`` (row ``j`` is ``b_j``).
         ``skill_matrices()``: ``(p*q, i, 1)``, ``(p*q, 1, o)``, expert ``s = i * r2 + j``.

@@ -27,6 +27,12 @@ class TLoRABank(ExpertBank):
         ``lora``: A's entries have LoRA's Kaiming std; B uses the zero-output scheme (needs
         ``R >= 2`` when ``N >= 2``), so the delta starts at zero with every leaf trainable.
 
+    ``normalize_outer`` (the TensorPoly reference code): after every pairwise outer product the
+    ``r`` columns' products of one rank component are LayerNormed together, over
+    ``(r, q ** m)`` once ``m`` leaves are multiplied (the reference's ``[r, q * q]`` at order 2);
+    likewise the ``r`` rows of ``B``. TensorPoly-II mixes the leaves first and normalises each
+    task's ``(r, q ** m)`` block, per example in a batch of tasks.
+
     Attributes:
         ``down``: `EntangledTensor` ``(d_in, R, N, batch_shape=(r,))``, leaves ``(r, R, N, q_in)``.
         ``up``: `EntangledTensor` ``(d_out, R, N, batch_shape=(r,))``, leaves ``(r, R, N, q_out)``.
@@ -86,7 +92,7 @@ class TLoRABank(ExpertBank):
 
     @property
     def normalize_outer(self) -> bool:
-        """Whether a LayerNorm follows every pairwise outer product (reference-code option)."""
+        """Whether a LayerNorm over ``(r, q ** m)`` follows every pairwise outer product (reference-code option)."""
         return self.down.normalize_outer
 
     def rank_mixed_matrices(self, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -145,6 +151,8 @@ class TLoRABank(ExpertBank):
     def _mix_leaves(tensor: EntangledTensor, weights: torch.Tensor) -> torch.Tensor:
         # legend: c LoRA column, k tensor rank, n order, q leaf entry
         mixed = torch.einsum("...nk,cknq->...cnq", weights.to(tensor.leaves.dtype), tensor.leaves)
+        # one simple tensor per column: batch shape (*batch, c), so normalize_outer normalises
+        # over the columns and the product jointly, separately for every example
         return materialize(mixed.unsqueeze(-3), tensor.dim, normalize_outer=tensor.normalize_outer)
 
     def extra_repr(self) -> str:

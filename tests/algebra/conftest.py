@@ -4,7 +4,12 @@ from collections.abc import Callable
 
 import pytest
 import torch
-import torch.nn.functional as F
+
+
+def plain_layer_norm(block: torch.Tensor) -> torch.Tensor:
+    """Parameter-free LayerNorm over every entry of ``block`` together (eps 1e-5, biased variance)."""
+    centred = block - block.mean()
+    return centred / torch.sqrt((centred**2).mean() + 1e-5)
 
 
 def chained_kron(leaves: torch.Tensor, dim: int, *, keep_rank: bool = False, normalize: bool = False) -> torch.Tensor:
@@ -14,25 +19,28 @@ def chained_kron(leaves: torch.Tensor, dim: int, *, keep_rank: bool = False, nor
         leaves: ``(*batch, rank, order, q)``.
         dim: cut length.
         keep_rank: stack the ranks instead of summing them.
-        normalize: ``F.layer_norm`` over the whole product after every ``torch.kron``.
+        normalize: after every ``torch.kron``, for each rank and each index of ``batch[:-1]``,
+            stack the ``batch[-1]`` products into one ``(batch[-1], P)`` block and LayerNorm the
+            block as a whole (the reference's ``[r, q * q]``); without batch axes, each product alone.
 
     Returns:
         ``(*batch, dim)`` or ``(*batch, rank, dim)``.
     """
     *batch, rank, order, q = leaves.shape
-    rows = []
-    for entry in leaves.reshape(-1, rank, order, q):
+    columns = batch[-1] if batch else 1
+    groups = []
+    for group in leaves.reshape(-1, columns, rank, order, q):
         per_rank = []
         for r in range(rank):
-            product = entry[r, 0]
+            products = [group[c, r, 0] for c in range(columns)]
             for n in range(1, order):
-                product = torch.kron(product, entry[r, n])
+                products = [torch.kron(product, group[c, r, n]) for c, product in enumerate(products)]
                 if normalize:
-                    product = F.layer_norm(product, product.shape)
-            per_rank.append(product[:dim])
-        stacked = torch.stack(per_rank)
-        rows.append(stacked if keep_rank else stacked.sum(0))
-    return torch.stack(rows).reshape(*batch, *((rank,) if keep_rank else ()), dim)
+                    products = list(plain_layer_norm(torch.stack(products)))
+            per_rank.append(torch.stack([product[:dim] for product in products]))  # (columns, dim)
+        stacked = torch.stack(per_rank, dim=1)  # (columns, rank, dim)
+        groups.append(stacked if keep_rank else stacked.sum(1))
+    return torch.stack(groups).reshape(*batch, *((rank,) if keep_rank else ()), dim)
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,7 @@
 
 Column ``c`` of ``A`` is ``sum_k kron(a[c,k,0], a[c,k,1], ...)[:d_in]``; the test rebuilds it with
 Python loops and ``torch.kron`` (and, for ``normalize_outer``, a LayerNorm written out after
-every product), then checks counts, order 1 == plain LoRA, init and that gradients reach every
+every product over the ``r`` columns' products of one rank component together), then checks counts, order 1 == plain LoRA, init and that gradients reach every
 leaf entry the cut keeps.
 """
 
@@ -32,29 +32,35 @@ def plain_leaf_size(dim: int, order: int) -> int:
     return q
 
 
-def plain_layer_norm(v: torch.Tensor) -> torch.Tensor:
-    """LayerNorm without affine parameters over the whole vector (eps 1e-5, biased variance)."""
-    centred = v - v.mean()
+def plain_layer_norm(block: torch.Tensor) -> torch.Tensor:
+    """LayerNorm without affine parameters over every entry of ``block`` (eps 1e-5, biased variance)."""
+    centred = block - block.mean()
     return centred / torch.sqrt((centred**2).mean() + 1e-5)
 
 
-def kron_column(leaves: torch.Tensor, dim: int, *, normalize: bool = False) -> torch.Tensor:
-    """``sum_k kron(leaves[k, 0], ..., leaves[k, N-1])[:dim]`` for leaves ``(R, N, q)``."""
-    total = torch.zeros(dim, dtype=leaves.dtype)
-    for k in range(leaves.shape[0]):
-        product = leaves[k, 0]
-        for n in range(1, leaves.shape[1]):
-            product = torch.kron(product, leaves[k, n])
-            if normalize:
-                product = plain_layer_norm(product)
-        total = total + product[:dim]
-    return total
+def kron_simple_tensors(leaves: torch.Tensor, k: int, dim: int, *, normalize: bool = False) -> torch.Tensor:
+    """``(r, dim)``: row ``c`` is ``kron(leaves[c, k, 0], ..., leaves[c, k, N-1])[:dim]`` for leaves ``(r, R, N, q)``.
+
+    With ``normalize`` the ``r`` products are stacked after every ``kron`` and the ``(r, P)`` block
+    is LayerNormed as a whole (the reference's ``[r, q * q]``).
+    """
+    products = [leaves[c, k, 0] for c in range(leaves.shape[0])]
+    for n in range(1, leaves.shape[2]):
+        products = [torch.kron(product, leaves[c, k, n]) for c, product in enumerate(products)]
+        if normalize:
+            products = list(plain_layer_norm(torch.stack(products)))
+    return torch.stack([product[:dim] for product in products])
+
+
+def kron_columns(leaves: torch.Tensor, dim: int, *, normalize: bool = False) -> torch.Tensor:
+    """``(r, dim)``: row ``c`` is ``sum_k kron(leaves[c, k, 0], ..., leaves[c, k, N-1])[:dim]``."""
+    return sum(kron_simple_tensors(leaves, k, dim, normalize=normalize) for k in range(leaves.shape[1]))
 
 
 def reference_matrices(bank: TLoRABank, *, normalize: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Dense ``A (d_in, r)`` and ``B (r, d_out)`` from the leaves, one column / row at a time."""
-    down = torch.stack([kron_column(bank.down.leaves[c], bank.d_in, normalize=normalize) for c in range(bank.lora_rank)])
-    up = torch.stack([kron_column(bank.up.leaves[c], bank.d_out, normalize=normalize) for c in range(bank.lora_rank)])
+    """Dense ``A (d_in, r)`` and ``B (r, d_out)`` from the leaves, one rank component at a time."""
+    down = kron_columns(bank.down.leaves.detach(), bank.d_in, normalize=normalize)
+    up = kron_columns(bank.up.leaves.detach(), bank.d_out, normalize=normalize)
     return down.T, up
 
 
@@ -96,9 +102,8 @@ def test_skills_are_the_simple_tensors_of_each_rank(d_in, d_out, rank, tensor_ra
     assert down.shape == (tensor_rank, d_in, rank) and up.shape == (tensor_rank, rank, d_out)
     assert bank.n_skills == tensor_rank
     for k in range(tensor_rank):
-        for c in range(rank):
-            torch.testing.assert_close(down[k, :, c], kron_column(bank.down.leaves[c, k : k + 1], d_in))
-            torch.testing.assert_close(up[k, c, :], kron_column(bank.up.leaves[c, k : k + 1], d_out))
+        torch.testing.assert_close(down[k], kron_simple_tensors(bank.down.leaves.detach(), k, d_in).T)
+        torch.testing.assert_close(up[k], kron_simple_tensors(bank.up.leaves.detach(), k, d_out))
 
 
 @given(d_in=dims, d_out=dims, rank=lora_ranks, tensor_rank=tensor_ranks, order=orders, seed=seeds)

@@ -38,19 +38,24 @@ def plain_weights(row: torch.Tensor) -> list[float]:
     return [v / sum(sig) for v in sig]
 
 
-def plain_layer_norm(v: torch.Tensor) -> torch.Tensor:
-    centred = v - v.mean()
+def plain_layer_norm(block: torch.Tensor) -> torch.Tensor:
+    """Parameter-free LayerNorm over every entry of ``block`` together (eps 1e-5, biased variance)."""
+    centred = block - block.mean()
     return centred / torch.sqrt((centred**2).mean() + 1e-5)
 
 
 def kron_simple(leaves: torch.Tensor, dim: int, normalize: bool = False) -> torch.Tensor:
-    """``kron(leaves[0], ..., leaves[N-1])[:dim]`` for one simple tensor, leaves ``(N, q)``."""
-    product = leaves[0]
-    for n in range(1, leaves.shape[0]):
-        product = torch.kron(product, leaves[n])
+    """``(r, dim)``: row ``c`` is ``kron(leaves[c, 0], ..., leaves[c, N-1])[:dim]``, leaves ``(r, N, q)``.
+
+    With ``normalize`` the ``r`` products are stacked after every ``kron`` and the ``(r, P)`` block is
+    LayerNormed as a whole (the reference's ``[r, q * q]``).
+    """
+    products = [leaves[c, 0] for c in range(leaves.shape[0])]
+    for n in range(1, leaves.shape[1]):
+        products = [torch.kron(product, leaves[c, n]) for c, product in enumerate(products)]
         if normalize:
-            product = plain_layer_norm(product)
-    return product[:dim]
+            products = list(plain_layer_norm(torch.stack(products)))
+    return torch.stack([product[:dim] for product in products])
 
 
 def poly_reference(bank: LoRABank, weights: list[float]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -63,16 +68,13 @@ def poly_reference(bank: LoRABank, weights: list[float]) -> tuple[torch.Tensor, 
 
 
 def rank_mixed_reference(bank: TLoRABank, weights: list[float], normalize: bool = False):
-    columns, rows = [], []
-    for c in range(bank.lora_rank):
-        column = torch.zeros(bank.d_in, dtype=torch.float64)
-        row = torch.zeros(bank.d_out, dtype=torch.float64)
-        for k, w in enumerate(weights):
-            column = column + w * kron_simple(bank.down.leaves[c, k].detach(), bank.d_in, normalize)
-            row = row + w * kron_simple(bank.up.leaves[c, k].detach(), bank.d_out, normalize)
-        columns.append(column)
-        rows.append(row)
-    return torch.stack(columns, dim=1), torch.stack(rows)
+    """``A (d_in, r)``, ``B (r, d_out)``: ``sum_k w_k`` times rank ``k``'s simple tensors."""
+    down = torch.zeros(bank.lora_rank, bank.d_in, dtype=torch.float64)
+    up = torch.zeros(bank.lora_rank, bank.d_out, dtype=torch.float64)
+    for k, w in enumerate(weights):
+        down = down + w * kron_simple(bank.down.leaves[:, k].detach(), bank.d_in, normalize)
+        up = up + w * kron_simple(bank.up.leaves[:, k].detach(), bank.d_out, normalize)
+    return down.T, up
 
 
 # --- Poly -----------------------------------------------------------------------------------

@@ -2,7 +2,8 @@
 
 ``A_t[:, c] = kron_n(sum_k w[t,n,k] a[c,k,n])[:d_in]`` with ``w[t,n,:]`` order ``n``'s own
 normalised sigmoid weights; the reference loops over columns, orders and ranks and chains
-``torch.kron`` (with a written-out LayerNorm for ``normalize_outer``).
+``torch.kron`` (with a written-out LayerNorm over the ``r`` columns' products together for
+``normalize_outer``).
 """
 
 from __future__ import annotations
@@ -38,34 +39,42 @@ def plain_weights(row: torch.Tensor) -> list[float]:
     return [v / sum(sig) for v in sig]
 
 
-def plain_layer_norm(v: torch.Tensor) -> torch.Tensor:
-    centred = v - v.mean()
+def plain_layer_norm(block: torch.Tensor) -> torch.Tensor:
+    """Parameter-free LayerNorm over every entry of ``block`` together (eps 1e-5, biased variance)."""
+    centred = block - block.mean()
     return centred / torch.sqrt((centred**2).mean() + 1e-5)
 
 
-def order_mixed_vector(leaves: torch.Tensor, weights: list[list[float]], dim: int, normalize: bool) -> torch.Tensor:
-    """Leaves ``(R, N, q)``, weights ``[n][k]``: ``kron_n(sum_k w[n][k] leaves[k, n])[:dim]``."""
-    rank, order, _ = leaves.shape
-    mixed = []
-    for n in range(order):
-        leaf = torch.zeros_like(leaves[0, n])
-        for k in range(rank):
-            leaf = leaf + weights[n][k] * leaves[k, n]
-        mixed.append(leaf)
-    product = mixed[0]
+def order_mixed_columns(leaves: torch.Tensor, weights: list[list[float]], dim: int, normalize: bool) -> torch.Tensor:
+    """Leaves ``(r, R, N, q)``, weights ``[n][k]`` -> ``(r, dim)``: ``kron_n(sum_k w[n][k] leaves[c, k, n])[:dim]``.
+
+    With ``normalize`` the ``r`` columns' products are stacked after every ``kron`` and the ``(r, P)``
+    block is LayerNormed as a whole (the reference's ``[r, q * q]``).
+    """
+    columns, rank, order, _ = leaves.shape
+    mixed = []  # mixed[c][n]
+    for c in range(columns):
+        per_order = []
+        for n in range(order):
+            leaf = torch.zeros_like(leaves[c, 0, n])
+            for k in range(rank):
+                leaf = leaf + weights[n][k] * leaves[c, k, n]
+            per_order.append(leaf)
+        mixed.append(per_order)
+    products = [mixed[c][0] for c in range(columns)]
     for n in range(1, order):
-        product = torch.kron(product, mixed[n])
+        products = [torch.kron(product, mixed[c][n]) for c, product in enumerate(products)]
         if normalize:
-            product = plain_layer_norm(product)
-    return product[:dim]
+            products = list(plain_layer_norm(torch.stack(products)))
+    return torch.stack([product[:dim] for product in products])
 
 
 def order_reference(bank: TLoRABank, logits: torch.Tensor, normalize: bool = False):
     """``logits (N, R)`` of one task -> ``A (d_in, r)``, ``B (r, d_out)``."""
     weights = [plain_weights(logits[n]) for n in range(logits.shape[0])]
-    down = [order_mixed_vector(bank.down.leaves[c].detach(), weights, bank.d_in, normalize) for c in range(bank.lora_rank)]
-    up = [order_mixed_vector(bank.up.leaves[c].detach(), weights, bank.d_out, normalize) for c in range(bank.lora_rank)]
-    return torch.stack(down, dim=1), torch.stack(up)
+    down = order_mixed_columns(bank.down.leaves.detach(), weights, bank.d_in, normalize)
+    up = order_mixed_columns(bank.up.leaves.detach(), weights, bank.d_out, normalize)
+    return down.T, up
 
 
 def build(d_in, d_out, rank, tensor_rank, order, n_tasks, seed, normalize=False):
