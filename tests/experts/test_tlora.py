@@ -120,6 +120,34 @@ def test_normalize_outer_layer_norms_every_pairwise_product(d_in, d_out, rank, t
     torch.testing.assert_close(skill_up.sum(0), expected_up, rtol=1e-8, atol=1e-8)
 
 
+@pytest.mark.parametrize("order", [2, 3])
+def test_normalize_outer_normalizes_the_r_columns_together(order: int) -> None:
+    """The reference's LayerNorm over ``[r, q * q]``: one block per rank component, not one per column.
+
+    ``d_in = q ** order`` keeps the whole last product, so each rank's ``(d_in, r)`` slice of the
+    skill matrices is the normalised block itself.
+    """
+    q, rank, tensor_rank = 3, 4, 2
+    d_in = q**order
+    bank = randomize(TLoRABank(d_in, 5, rank, tensor_rank, order, normalize_outer=True, dtype=torch.float64), 7)
+    down = bank.skill_matrices()[0].detach()  # (R, d_in, r)
+    for k in range(tensor_rank):
+        block = down[k]
+        centred = block - block.mean()
+        assert abs(float(block.mean())) < 1e-10
+        assert abs(float((centred**2).mean()) - 1.0) < 1e-3
+        column_means = block.mean(dim=0)
+        assert float(column_means.abs().max()) > 1e-3  # columns are not centred one by one
+        leaves = bank.down.leaves.detach()[:, k]  # (r, N, q)
+        per_column = []
+        for c in range(rank):
+            product = leaves[c, 0]
+            for n in range(1, order):
+                product = plain_layer_norm(torch.kron(product, leaves[c, n]))
+            per_column.append(product)
+        assert not torch.allclose(block, torch.stack(per_column, dim=1), atol=1e-3)
+
+
 @given(d_in=dims, d_out=dims, rank=lora_ranks, tensor_rank=tensor_ranks, order=orders)
 def test_parameter_count(d_in, d_out, rank, tensor_rank, order) -> None:
     bank = TLoRABank(d_in, d_out, rank, tensor_rank, order)
