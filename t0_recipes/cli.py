@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from t0_recipes.hub import HubUnavailableError
@@ -29,7 +30,7 @@ from t0_recipes.protocol import AdaptFn, ProtocolConfig, run_protocol
 from t0_recipes.report import build_report, write_report
 from t0_recipes.tasks import FEWSHOT_SEEDS, HELD_OUT, TASKS
 
-__all__ = ["base_parser", "preset_from_args", "protocol_from_args", "run"]
+__all__ = ["apply_threads", "base_parser", "preset_from_args", "protocol_from_args", "run"]
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +52,8 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--output-dir", "--out", dest="output_dir", default="t0_results",
                         help="output folder of the report (and of the checkpoints)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: the preset's; tiny uses 1, paper torch's default)")
     return parser
 
 
@@ -59,7 +62,17 @@ def preset_from_args(args: argparse.Namespace) -> Preset:
     preset = get_preset(args.preset)
     if args.steps is not None:
         preset = dataclasses.replace(preset, fewshot=dataclasses.replace(preset.fewshot, steps=args.steps))
+    if args.threads is not None:
+        preset = dataclasses.replace(preset, cpu_threads=args.threads)
     return preset
+
+
+def apply_threads(preset: Preset) -> None:
+    """``torch.set_num_threads(preset.cpu_threads)`` where the preset sets it."""
+    if preset.cpu_threads is not None:
+        if preset.cpu_threads < 1:
+            raise ValueError(f"--threads must be at least 1, got {preset.cpu_threads}")
+        torch.set_num_threads(preset.cpu_threads)
 
 
 def protocol_from_args(args: argparse.Namespace, preset: Preset) -> ProtocolConfig:
@@ -95,6 +108,7 @@ def run(
     """
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     preset = preset_from_args(args)
+    apply_threads(preset)
     start = time.perf_counter()
     try:
         model, tokenizer = load_model(preset, args.model)

@@ -35,7 +35,7 @@ from typing import Any
 
 from torch import nn
 
-from t0_recipes.cli import base_parser, preset_from_args, protocol_from_args
+from t0_recipes.cli import apply_threads, base_parser, preset_from_args, protocol_from_args
 from t0_recipes.collate import MultipleChoiceCollator
 from t0_recipes.data import TASK_MODES
 from t0_recipes.hub import P3_PER_DATASET_CAP, HubUnavailableError
@@ -135,6 +135,7 @@ def run_recipe(method: str, args: argparse.Namespace) -> dict[str, Path]:
     check_mode(method, args.mode)
     start = time.perf_counter()
     preset = _preset(args)
+    apply_threads(preset)
     try:
         model, tokenizer = load_model(preset, args.model)
     except ModelUnavailableError as error:

@@ -93,6 +93,9 @@ class Preset:
         fewshot, pretrain: the two phases' hyper-parameters.
         random_init: the backbone is untrained (reports say accuracy is near chance).
         seed: seed of the random initialisation.
+        cpu_threads: torch CPU threads (``None``: torch's default). The tiny preset uses 1: its
+            matrices are too small to share out, and on a busy 2-core box two threads spin-wait
+            (MHR's tiny run: 340 s with two threads, 25 s with one).
     """
 
     name: str
@@ -103,6 +106,7 @@ class Preset:
     pretrain: PretrainHParams
     random_init: bool = False
     seed: int = 0
+    cpu_threads: int | None = None
     description: str = field(default="", compare=False)
 
     def to_json(self) -> dict[str, Any]:
@@ -146,6 +150,7 @@ PRESETS: dict[str, Preset] = {
                                eval_max_examples=32),
         pretrain=PretrainHParams(steps=20, precision="fp32", max_length=128),
         random_init=True,
+        cpu_threads=1,
         description="random-init 2+2-layer T5 (d_model 64) with ByT5 bytes: the protocol end to end in minutes "
         "on a CPU; accuracy is near chance",
     ),

@@ -55,7 +55,11 @@ class AdapterConfig:
         },
     )
     normalize_outer: bool = field(
-        default=False, metadata={"help": "parameter-free LayerNorm after each outer product (reference-code option)"}
+        default=False,
+        metadata={
+            "help": "parameter-free LayerNorm after each outer product, joint over the r LoRA columns and the "
+            "product as in the reference code"
+        },
     )
     routing_noise: str = field(
         default="relaxed_bernoulli",
