@@ -1,6 +1,6 @@
-"""Benchmark scripts are files, not a package: load one as a module by its name."""
+"""Benchmark scripts are files beside each other, not a package: import one by its name."""
 
-import importlib.util
+import importlib
 import sys
 from pathlib import Path
 
@@ -10,13 +10,11 @@ BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
 def _load(name: str):
+    # The scripts import each other (scaling imports step_time) and their helpers (common,
+    # planted) by plain name from their folder: one module object per script, as when run.
     if str(BENCHMARKS) not in sys.path:
-        sys.path.insert(0, str(BENCHMARKS))  # the scripts import their shared helpers (common, planted)
-    spec = importlib.util.spec_from_file_location(f"{name}_benchmark", BENCHMARKS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
-    spec.loader.exec_module(module)
-    return module
+        sys.path.insert(0, str(BENCHMARKS))
+    return importlib.import_module(name)
 
 
 @pytest.fixture(scope="session")

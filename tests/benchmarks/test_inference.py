@@ -1,23 +1,11 @@
 """Smoke test of benchmarks/inference.py: --quick writes the ratios and a merge that matches the unmerged model."""
 
-import importlib
 import json
 import math
-import sys
-from pathlib import Path
-
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
-def load_benchmark():
-    """``benchmarks/inference.py`` as the module ``inference`` (it imports ``step_time`` beside it)."""
-    if str(BENCHMARKS) not in sys.path:
-        sys.path.insert(0, str(BENCHMARKS))
-    return importlib.import_module("inference")
-
-
-def test_quick_run_writes_ratios_and_exact_merge(tmp_path):
-    benchmark = load_benchmark()
+def test_quick_run_writes_ratios_and_exact_merge(load_benchmark, tmp_path):
+    benchmark = load_benchmark("inference")
     path = tmp_path / "inference.json"
     returned = benchmark.main(["--quick", "--json", str(path)])
     written = json.loads(path.read_text())

@@ -1,25 +1,13 @@
 """Smoke test of benchmarks/scaling.py: --quick writes one curve per (axis, method) with fits (never timings)."""
 
-import importlib
 import json
 import math
-import sys
-from pathlib import Path
 
 import pytest
 
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
-
-def load_benchmark():
-    """``benchmarks/scaling.py`` as the module ``scaling`` (it imports ``step_time`` beside it)."""
-    if str(BENCHMARKS) not in sys.path:
-        sys.path.insert(0, str(BENCHMARKS))
-    return importlib.import_module("scaling")
-
-
-def test_quick_run_writes_curves_and_fits(tmp_path):
-    benchmark = load_benchmark()
+def test_quick_run_writes_curves_and_fits(load_benchmark, tmp_path):
+    benchmark = load_benchmark("scaling")
     path = tmp_path / "scaling.json"
     returned = benchmark.main(["--quick", "--json", str(path)])
     written = json.loads(path.read_text())
@@ -47,12 +35,12 @@ def test_quick_run_writes_curves_and_fits(tmp_path):
     ("xs", "ys", "slope"),
     [((1, 2, 4, 8), (3, 3, 3, 3), 0.0), ((1, 2, 4, 8), (1, 2, 4, 8), 1.0), ((2, 4, 8), (4, 16, 64), 2.0)],
 )
-def test_loglog_slope_of_power_laws(xs, ys, slope):
-    assert load_benchmark().loglog_slope(xs, ys) == pytest.approx(slope, abs=1e-9)
+def test_loglog_slope_of_power_laws(load_benchmark, xs, ys, slope):
+    assert load_benchmark("scaling").loglog_slope(xs, ys) == pytest.approx(slope, abs=1e-9)
 
 
-def test_quadratic_onset_needs_a_steep_and_measurable_step():
-    benchmark = load_benchmark()
+def test_quadratic_onset_needs_a_steep_and_measurable_step(load_benchmark):
+    benchmark = load_benchmark("scaling")
     xs = (1, 2, 4, 8)
     assert benchmark.quadratic_onset(xs, (1.0, 2.0, 8.0, 64.0), reference=10.0, min_share=0.1) == (2, 4)
     assert benchmark.quadratic_onset(xs, (1.0, 2.0, 4.0, 8.0), reference=10.0, min_share=0.1) is None

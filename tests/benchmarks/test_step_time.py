@@ -1,25 +1,14 @@
 """Smoke test of benchmarks/step_time.py: --quick writes the ratios the issue names (never timings)."""
 
-import importlib
 import json
 import math
-import sys
-from pathlib import Path
 
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 HEADLINE = ("tlora/lora", "tensorpoly_i/lora", "tensorpoly_ii/lora", "poly/peft_poly", "mhr/peft_mhr", "trex/lora")
 
 
-def load_benchmark():
-    """``benchmarks/step_time.py`` as the module ``step_time`` (as the scripts import each other)."""
-    if str(BENCHMARKS) not in sys.path:
-        sys.path.insert(0, str(BENCHMARKS))
-    return importlib.import_module("step_time")
-
-
-def test_quick_run_writes_headline_ratios(tmp_path):
+def test_quick_run_writes_headline_ratios(load_benchmark, tmp_path):
     path = tmp_path / "step_time.json"
-    returned = load_benchmark().main(["--quick", "--json", str(path)])
+    returned = load_benchmark("step_time").main(["--quick", "--json", str(path)])
     written = json.loads(path.read_text())
     assert written == json.loads(json.dumps(returned))
     assert set(HEADLINE) <= set(written["ratios"])
