@@ -112,6 +112,7 @@ class AdaptedLinear(nn.Module):
         return apply_low_rank(x, down, up) * self.scaling
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``base(x) + delta(x)``; the base alone while merged or disabled. ``(batch, ..., d_in) -> (batch, ..., d_out)``."""
         result = self.base(x)
         if self.merged or self.disabled:
             return result

@@ -68,6 +68,8 @@ class Combiner(nn.Module):
     token_routed: bool = False
 
     def adapter_matrices(self, bank: ExpertBank, task_ids: TaskIds | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``A_t (d_in, r)``, ``B_t (r, d_out)`` for one task, or ``(batch, d_in, r)``, ``(batch, r, d_out)``
+        for a ``LongTensor (batch,)`` of task ids."""
         raise NotImplementedError
 
 
