@@ -9,8 +9,6 @@ dtypes against float64, and bad inputs.
 from __future__ import annotations
 
 import copy
-import math
-
 import pytest
 import torch
 from hypothesis import given
@@ -18,6 +16,7 @@ from hypothesis import strategies as st
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
+from references import kron_rows, plain_weights
 from tensoradapt.config import AdapterConfig
 from tensoradapt.layers import AdaptedLinear, linear_dims
 from tensoradapt.routing.state import RoutingInputs
@@ -33,46 +32,21 @@ seeds = st.integers(0, 2**16)
 # --- the dense reference ----------------------------------------------------------------------
 
 
-def plain_weights(row: torch.Tensor) -> list[float]:
-    sig = [1.0 / (1.0 + math.exp(-float(z))) for z in row]
-    return [v / sum(sig) for v in sig]
-
-
-def plain_layer_norm(block: torch.Tensor) -> torch.Tensor:
-    """Parameter-free LayerNorm over every entry of ``block`` together (eps 1e-5, biased variance)."""
-    centred = block - block.mean()
-    return centred / torch.sqrt((centred**2).mean() + 1e-5)
-
-
-def kron_columns(leaves: list[list[torch.Tensor]], dim: int, normalize: bool) -> torch.Tensor:
-    """``leaves[c][n]`` -> ``(r, dim)``: row ``c`` is ``kron_n(leaves[c][n])[:dim]``.
-
-    With ``normalize`` the ``r`` products are stacked after every ``kron`` and the ``(r, P)`` block is
-    LayerNormed as a whole (the reference's ``[r, q * q]``).
-    """
-    products = [column[0] for column in leaves]
-    for n in range(1, len(leaves[0])):
-        products = [torch.kron(product, leaves[c][n]) for c, product in enumerate(products)]
-        if normalize:
-            products = list(plain_layer_norm(torch.stack(products)))
-    return torch.stack([product[:dim] for product in products])
-
-
 def entangled_columns(leaves: torch.Tensor, dim: int, rank_weights: list[float], normalize: bool) -> torch.Tensor:
     """``(r, R, N, q)`` leaves -> ``(r, dim)``: ``sum_k w_k kron_n(leaves[c, k, n])`` per column."""
     total = torch.zeros(leaves.shape[0], dim, dtype=leaves.dtype)
     for k, w in enumerate(rank_weights):
-        total = total + w * kron_columns([list(leaves[c, k]) for c in range(leaves.shape[0])], dim, normalize)
+        total = total + w * kron_rows(leaves[:, k], dim, normalize=normalize)
     return total
 
 
 def order_mixed_columns(leaves: torch.Tensor, dim: int, weights: list[list[float]], normalize: bool) -> torch.Tensor:
     """``(r, R, N, q)`` leaves -> ``(r, dim)``: ``kron_n(sum_k w[n][k] leaves[c, k, n])`` per column."""
     mixed = [
-        [sum(weights[n][k] * leaves[c, k, n] for k in range(leaves.shape[1])) for n in range(leaves.shape[2])]
+        torch.stack([sum(weights[n][k] * leaves[c, k, n] for k in range(leaves.shape[1])) for n in range(leaves.shape[2])])
         for c in range(leaves.shape[0])
     ]
-    return kron_columns(mixed, dim, normalize)
+    return kron_rows(torch.stack(mixed), dim, normalize=normalize)
 
 
 def dense_adapter(layer: AdaptedLinear, task: int) -> tuple[torch.Tensor, torch.Tensor]:

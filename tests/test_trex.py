@@ -17,6 +17,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from references import plain_token_weights
 from tensoradapt import (
     AdapterConfig,
     adapted_layers,
@@ -48,23 +49,6 @@ def trex_model(model_name: str = "t5", **overrides):
 def random_prior(batch: int, seed: int = 0) -> torch.Tensor:
     """Cosine-like similarities ``(batch, k)`` in ``[-1, 1]``."""
     return torch.rand(batch, K, generator=torch.Generator().manual_seed(seed)) * 2 - 1
-
-
-def plain_softmax(logits: torch.Tensor) -> torch.Tensor:
-    shifted = logits - logits.max(-1, keepdim=True).values
-    return shifted.exp() / shifted.exp().sum(-1, keepdim=True)
-
-
-def plain_weights(router, x: torch.Tensor, prior: torch.Tensor | None) -> torch.Tensor:
-    """``R (b, n, e)`` in float64 for ``x (b, n, d)``, ``prior (b, k)``, the ``weights`` mix."""
-    x = x.detach().double()
-    token = plain_softmax(torch.stack([(x * w).sum(-1) for w in router.token_weight.detach().double()], -1))
-    if prior is None:
-        return token
-    prior = prior.double()
-    prior_logits = torch.stack([(prior * p).sum(-1) for p in router.prior_weight.detach().double()], -1)
-    gate = 1 / (1 + math.exp(-float(router.gate_logit.detach())))
-    return (1 - gate) * token + gate * plain_softmax(prior_logits).unsqueeze(1)
 
 
 def plain_averaged_update(layer, weights: torch.Tensor) -> torch.Tensor:
@@ -118,7 +102,7 @@ def test_tiny_model_trains_with_the_semantic_prior(model_name):
         n_pairs = R1 * R2
         uniform = torch.full((*x.shape[:-1], n_pairs), 1 / n_pairs)
         torch.testing.assert_close(router.routing_weights(x), uniform)
-        torch.testing.assert_close(router.routing_weights(x, prior).double(), plain_weights(router, x, prior))
+        torch.testing.assert_close(router.routing_weights(x, prior).double(), plain_token_weights(router, x, prior))
 
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-2)
     losses = []
@@ -201,7 +185,7 @@ def test_export_is_the_routing_averaged_lora(tmp_path):
     set_task_prior(model, table)
     export_peft_lora(model, tmp_path / "task2", task=2)
     def at_zero_input(router):  # the token router at zero input is uniform
-        return plain_weights(router, torch.zeros(1, 1, router.d_in), table[2:3])[0, 0]
+        return plain_token_weights(router, torch.zeros(1, 1, router.d_in), table[2:3])[0, 0]
 
     check(tmp_path / "task2", at_zero_input)
 
@@ -218,7 +202,7 @@ def test_export_is_the_routing_averaged_lora(tmp_path):
 
     def calibrated(router):
         name = next(n for n, layer in layers.items() if layer.combiner is router)
-        rows = [plain_weights(router, x, p).reshape(-1, n_pairs) for x, p in zip(seen[name], priors)]
+        rows = [plain_token_weights(router, x, p).reshape(-1, n_pairs) for x, p in zip(seen[name], priors)]
         return torch.cat(rows).mean(0)
 
     check(tmp_path / "calibrated", calibrated)

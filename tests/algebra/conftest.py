@@ -4,12 +4,7 @@ from collections.abc import Callable
 
 import pytest
 import torch
-
-
-def plain_layer_norm(block: torch.Tensor) -> torch.Tensor:
-    """Parameter-free LayerNorm over every entry of ``block`` together (eps 1e-5, biased variance)."""
-    centred = block - block.mean()
-    return centred / torch.sqrt((centred**2).mean() + 1e-5)
+from references import kron_rows
 
 
 def chained_kron(leaves: torch.Tensor, dim: int, *, keep_rank: bool = False, normalize: bool = False) -> torch.Tensor:
@@ -32,12 +27,7 @@ def chained_kron(leaves: torch.Tensor, dim: int, *, keep_rank: bool = False, nor
     for group in leaves.reshape(-1, columns, rank, order, q):
         per_rank = []
         for r in range(rank):
-            products = [group[c, r, 0] for c in range(columns)]
-            for n in range(1, order):
-                products = [torch.kron(product, group[c, r, n]) for c, product in enumerate(products)]
-                if normalize:
-                    products = list(plain_layer_norm(torch.stack(products)))
-            per_rank.append(torch.stack([product[:dim] for product in products]))  # (columns, dim)
+            per_rank.append(kron_rows(group[:, r], dim, normalize=normalize))  # (columns, dim)
         stacked = torch.stack(per_rank, dim=1)  # (columns, rank, dim)
         groups.append(stacked if keep_rank else stacked.sum(1))
     return torch.stack(groups).reshape(*batch, *((rank,) if keep_rank else ()), dim)

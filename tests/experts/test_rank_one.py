@@ -9,19 +9,12 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+from references import kron_chain, randomize
 from tensoradapt.algebra import leaf_size
 from tensoradapt.experts import RankOneBank
 
 dims = st.integers(1, 12)
 counts = st.integers(1, 4)
-
-
-def randomize(bank: RankOneBank, seed: int = 0) -> RankOneBank:
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for parameter in bank.parameters():
-            parameter.copy_(torch.randn(parameter.shape, generator=generator, dtype=parameter.dtype))
-    return bank
 
 
 @given(d_in=dims, d_out=dims, r1=counts, r2=counts, seed=st.integers(0, 2**16))
@@ -68,19 +61,12 @@ def test_entangled_vectors_are_the_materialised_leaves(d_in, d_out, r1, r2, orde
     down, up = bank.vectors()
     q_in, q_out = leaf_size(d_in, order), leaf_size(d_out, order)
     for i in range(r1):  # plain chained kron of the leaves, summed over ranks, cut to d
-        reference = sum(_kron_chain(bank.down.leaves[i, k]) for k in range(2))[:d_in]
+        reference = sum(kron_chain(bank.down.leaves[i, k]) for k in range(2))[:d_in]
         torch.testing.assert_close(down[:, i], reference)
     for j in range(r2):
-        reference = sum(_kron_chain(bank.up.leaves[j, k]) for k in range(2))[:d_out]
+        reference = sum(kron_chain(bank.up.leaves[j, k]) for k in range(2))[:d_out]
         torch.testing.assert_close(up[j], reference)
     assert bank.down.leaves.shape[-1] == q_in and bank.up.leaves.shape[-1] == q_out
-
-
-def _kron_chain(leaves: torch.Tensor) -> torch.Tensor:
-    out = leaves[0]
-    for leaf in leaves[1:]:
-        out = torch.kron(out, leaf)
-    return out
 
 
 def test_dense_init_is_lora_for_both_init_names():

@@ -15,6 +15,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+from references import kron_rows, plain_layer_norm, randomize
 from tensoradapt.experts import TLoRABank
 
 dims = st.sampled_from([1, 2, 3, 5, 7, 8, 9, 11, 13, 17])
@@ -32,29 +33,9 @@ def plain_leaf_size(dim: int, order: int) -> int:
     return q
 
 
-def plain_layer_norm(block: torch.Tensor) -> torch.Tensor:
-    """LayerNorm without affine parameters over every entry of ``block`` (eps 1e-5, biased variance)."""
-    centred = block - block.mean()
-    return centred / torch.sqrt((centred**2).mean() + 1e-5)
-
-
-def kron_simple_tensors(leaves: torch.Tensor, k: int, dim: int, *, normalize: bool = False) -> torch.Tensor:
-    """``(r, dim)``: row ``c`` is ``kron(leaves[c, k, 0], ..., leaves[c, k, N-1])[:dim]`` for leaves ``(r, R, N, q)``.
-
-    With ``normalize`` the ``r`` products are stacked after every ``kron`` and the ``(r, P)`` block
-    is LayerNormed as a whole (the reference's ``[r, q * q]``).
-    """
-    products = [leaves[c, k, 0] for c in range(leaves.shape[0])]
-    for n in range(1, leaves.shape[2]):
-        products = [torch.kron(product, leaves[c, k, n]) for c, product in enumerate(products)]
-        if normalize:
-            products = list(plain_layer_norm(torch.stack(products)))
-    return torch.stack([product[:dim] for product in products])
-
-
 def kron_columns(leaves: torch.Tensor, dim: int, *, normalize: bool = False) -> torch.Tensor:
     """``(r, dim)``: row ``c`` is ``sum_k kron(leaves[c, k, 0], ..., leaves[c, k, N-1])[:dim]``."""
-    return sum(kron_simple_tensors(leaves, k, dim, normalize=normalize) for k in range(leaves.shape[1]))
+    return sum(kron_rows(leaves[:, k], dim, normalize=normalize) for k in range(leaves.shape[1]))
 
 
 def reference_matrices(bank: TLoRABank, *, normalize: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -62,14 +43,6 @@ def reference_matrices(bank: TLoRABank, *, normalize: bool = False) -> tuple[tor
     down = kron_columns(bank.down.leaves.detach(), bank.d_in, normalize=normalize)
     up = kron_columns(bank.up.leaves.detach(), bank.d_out, normalize=normalize)
     return down.T, up
-
-
-def randomize(bank: TLoRABank, seed: int) -> TLoRABank:
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for parameter in bank.parameters():
-            parameter.copy_(torch.randn(parameter.shape, generator=generator, dtype=parameter.dtype))
-    return bank
 
 
 def used_entries(dim: int, order: int, q: int) -> torch.Tensor:
@@ -102,8 +75,8 @@ def test_skills_are_the_simple_tensors_of_each_rank(d_in, d_out, rank, tensor_ra
     assert down.shape == (tensor_rank, d_in, rank) and up.shape == (tensor_rank, rank, d_out)
     assert bank.n_skills == tensor_rank
     for k in range(tensor_rank):
-        torch.testing.assert_close(down[k], kron_simple_tensors(bank.down.leaves.detach(), k, d_in).T)
-        torch.testing.assert_close(up[k], kron_simple_tensors(bank.up.leaves.detach(), k, d_out))
+        torch.testing.assert_close(down[k], kron_rows(bank.down.leaves.detach()[:, k], d_in).T)
+        torch.testing.assert_close(up[k], kron_rows(bank.up.leaves.detach()[:, k], d_out))
 
 
 @given(d_in=dims, d_out=dims, rank=lora_ranks, tensor_rank=tensor_ranks, order=orders, seed=seeds)

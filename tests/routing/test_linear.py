@@ -7,13 +7,12 @@ Both references are loops over skills / ranks / columns with ``torch.kron`` in t
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+from references import kron_rows, plain_weights, randomize
 from tensoradapt.experts import LoRABank, TLoRABank
 from tensoradapt.routing import LinearRouter, RankRouter
 
@@ -23,39 +22,6 @@ skills = st.integers(1, 5)
 tasks = st.integers(1, 4)
 orders = st.integers(1, 4)
 seeds = st.integers(0, 2**16)
-
-
-def randomize(module: torch.nn.Module, seed: int) -> torch.nn.Module:
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for parameter in module.parameters():
-            parameter.copy_(torch.randn(parameter.shape, generator=generator, dtype=parameter.dtype))
-    return module
-
-
-def plain_weights(row: torch.Tensor) -> list[float]:
-    sig = [1.0 / (1.0 + math.exp(-float(z))) for z in row.detach()]
-    return [v / sum(sig) for v in sig]
-
-
-def plain_layer_norm(block: torch.Tensor) -> torch.Tensor:
-    """Parameter-free LayerNorm over every entry of ``block`` together (eps 1e-5, biased variance)."""
-    centred = block - block.mean()
-    return centred / torch.sqrt((centred**2).mean() + 1e-5)
-
-
-def kron_simple(leaves: torch.Tensor, dim: int, normalize: bool = False) -> torch.Tensor:
-    """``(r, dim)``: row ``c`` is ``kron(leaves[c, 0], ..., leaves[c, N-1])[:dim]``, leaves ``(r, N, q)``.
-
-    With ``normalize`` the ``r`` products are stacked after every ``kron`` and the ``(r, P)`` block is
-    LayerNormed as a whole (the reference's ``[r, q * q]``).
-    """
-    products = [leaves[c, 0] for c in range(leaves.shape[0])]
-    for n in range(1, leaves.shape[1]):
-        products = [torch.kron(product, leaves[c, n]) for c, product in enumerate(products)]
-        if normalize:
-            products = list(plain_layer_norm(torch.stack(products)))
-    return torch.stack([product[:dim] for product in products])
 
 
 def poly_reference(bank: LoRABank, weights: list[float]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -72,8 +38,8 @@ def rank_mixed_reference(bank: TLoRABank, weights: list[float], normalize: bool 
     down = torch.zeros(bank.lora_rank, bank.d_in, dtype=torch.float64)
     up = torch.zeros(bank.lora_rank, bank.d_out, dtype=torch.float64)
     for k, w in enumerate(weights):
-        down = down + w * kron_simple(bank.down.leaves[:, k].detach(), bank.d_in, normalize)
-        up = up + w * kron_simple(bank.up.leaves[:, k].detach(), bank.d_out, normalize)
+        down = down + w * kron_rows(bank.down.leaves[:, k].detach(), bank.d_in, normalize=normalize)
+        up = up + w * kron_rows(bank.up.leaves[:, k].detach(), bank.d_out, normalize=normalize)
     return down.T, up
 
 

@@ -7,13 +7,12 @@ reference builds it head by head with slices and loops.
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+from references import plain_weights, randomize
 from tensoradapt.experts import LoRABank
 from tensoradapt.routing import LinearRouter, MultiHeadRouter
 from tensoradapt.routing.multihead import check_heads_divide
@@ -24,19 +23,6 @@ ranks = st.integers(1, 3)
 skills = st.integers(1, 4)
 tasks = st.integers(1, 4)
 seeds = st.integers(0, 2**16)
-
-
-def randomize(module: torch.nn.Module, seed: int) -> torch.nn.Module:
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for parameter in module.parameters():
-            parameter.copy_(torch.randn(parameter.shape, generator=generator, dtype=parameter.dtype))
-    return module
-
-
-def plain_weights(row: torch.Tensor) -> list[float]:
-    sig = [1.0 / (1.0 + math.exp(-float(z))) for z in row.detach()]
-    return [v / sum(sig) for v in sig]
 
 
 def mhr_reference(bank: LoRABank, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

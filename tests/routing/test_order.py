@@ -8,13 +8,12 @@ normalised sigmoid weights; the reference loops over columns, orders and ranks a
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+from references import kron_rows, plain_weights, randomize
 from tensoradapt.experts import LoRABank, TLoRABank
 from tensoradapt.routing import LinearRouter, OrderRouter, RankRouter
 
@@ -24,25 +23,6 @@ tensor_ranks = st.integers(1, 4)
 orders = st.integers(1, 4)
 tasks = st.integers(1, 4)
 seeds = st.integers(0, 2**16)
-
-
-def randomize(module: torch.nn.Module, seed: int) -> torch.nn.Module:
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for parameter in module.parameters():
-            parameter.copy_(torch.randn(parameter.shape, generator=generator, dtype=parameter.dtype))
-    return module
-
-
-def plain_weights(row: torch.Tensor) -> list[float]:
-    sig = [1.0 / (1.0 + math.exp(-float(z))) for z in row.detach()]
-    return [v / sum(sig) for v in sig]
-
-
-def plain_layer_norm(block: torch.Tensor) -> torch.Tensor:
-    """Parameter-free LayerNorm over every entry of ``block`` together (eps 1e-5, biased variance)."""
-    centred = block - block.mean()
-    return centred / torch.sqrt((centred**2).mean() + 1e-5)
 
 
 def order_mixed_columns(leaves: torch.Tensor, weights: list[list[float]], dim: int, normalize: bool) -> torch.Tensor:
@@ -60,13 +40,8 @@ def order_mixed_columns(leaves: torch.Tensor, weights: list[list[float]], dim: i
             for k in range(rank):
                 leaf = leaf + weights[n][k] * leaves[c, k, n]
             per_order.append(leaf)
-        mixed.append(per_order)
-    products = [mixed[c][0] for c in range(columns)]
-    for n in range(1, order):
-        products = [torch.kron(product, mixed[c][n]) for c, product in enumerate(products)]
-        if normalize:
-            products = list(plain_layer_norm(torch.stack(products)))
-    return torch.stack([product[:dim] for product in products])
+        mixed.append(torch.stack(per_order))
+    return kron_rows(torch.stack(mixed), dim, normalize=normalize)
 
 
 def order_reference(bank: TLoRABank, logits: torch.Tensor, normalize: bool = False):

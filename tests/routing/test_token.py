@@ -1,4 +1,4 @@
-"""T-REX's token router on a rank-one bank, against plain dense references written here.
+"""T-REX's token router on a rank-one bank, against plain dense references (here and in references.py).
 
 Every reference below is spelled out plainly: token logits ``sum_d W[e, d] x[d]``, a softmax as
 ``exp / sum exp``, the prior mixed as `TokenRouter`'s docstring says, and the delta as a loop over
@@ -8,13 +8,12 @@ calls the library's routing code.
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+from references import kron_chain, plain_softmax, plain_token_weights, randomize
 from tensoradapt.config import AdapterConfig
 from tensoradapt.experts import RankOneBank
 from tensoradapt.layers import AdaptedLinear
@@ -32,13 +31,6 @@ seeds = st.integers(0, 2**16)
 # --------------------------------------------------------------------------------------------
 
 
-def kron_chain(leaves: torch.Tensor) -> torch.Tensor:
-    out = leaves[0]
-    for leaf in leaves[1:]:
-        out = torch.kron(out, leaf)
-    return out
-
-
 def plain_vectors(bank: RankOneBank) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """``[a_i]``, ``[b_j]`` in float64: the dense rows, or the summed chained krons of the leaves."""
     if not bank.entangled:
@@ -50,36 +42,6 @@ def plain_vectors(bank: RankOneBank) -> tuple[list[torch.Tensor], list[torch.Ten
     down = [vector(bank.down.leaves.detach()[i], bank.d_in) for i in range(bank.n_down)]
     up = [vector(bank.up.leaves.detach()[j], bank.d_out) for j in range(bank.n_up)]
     return down, up
-
-
-def plain_softmax(logits: torch.Tensor) -> torch.Tensor:
-    shifted = logits - logits.max(-1, keepdim=True).values
-    return shifted.exp() / shifted.exp().sum(-1, keepdim=True)
-
-
-def plain_weights(router: TokenRouter, x: torch.Tensor, prior: torch.Tensor | None) -> torch.Tensor:
-    """``R (b, ..., r1*r2)`` in float64, from the router's parameters as its docstring says.
-
-    ``prior`` is the ``(b, k)`` rows (or ``None``); prior logits are ``P s``, the gate
-    ``g = 1 / (1 + exp(-gate_logit))``.
-    """
-    x = x.double()
-    weight = router.token_weight.detach().double()  # (e, d)
-    token_logits = torch.zeros(*x.shape[:-1], router.n_pairs, dtype=torch.float64)
-    for e in range(router.n_pairs):
-        token_logits[..., e] = (x * weight[e]).sum(-1)
-    if prior is None:
-        return plain_softmax(token_logits)
-    projection = router.prior_weight.detach().double()  # (e, k)
-    prior = prior.double()
-    prior_logits = torch.zeros(prior.shape[0], router.n_pairs, dtype=torch.float64)
-    for e in range(router.n_pairs):
-        prior_logits[:, e] = (prior * projection[e]).sum(-1)
-    prior_logits = prior_logits.reshape(prior.shape[0], *([1] * (x.dim() - 2)), router.n_pairs)
-    gate = 1.0 / (1.0 + math.exp(-float(router.gate_logit.detach())))
-    if router.prior_mix == "weights":
-        return (1 - gate) * plain_softmax(token_logits) + gate * plain_softmax(prior_logits)
-    return plain_softmax((1 - gate) * token_logits + gate * prior_logits)
 
 
 def plain_delta(bank: RankOneBank, weights: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -111,20 +73,12 @@ def plain_top_k(weights: torch.Tensor, k: int) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------
 
 
-def randomize(module: torch.nn.Module, seed: int, std: float = 1.0) -> torch.nn.Module:
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for parameter in module.parameters():
-            noise = torch.randn(parameter.shape, generator=generator, dtype=torch.float64) * std
-            parameter.copy_(noise.to(parameter.dtype))
-    return module
-
-
 def build(d_in, d_out, r1, r2, *, k=3, seed=0, dtype=torch.float64, entangled=False, **router_kwargs):
     bank = RankOneBank(d_in, d_out, r1, r2, entangled=entangled, tensor_rank=2, order=2, dtype=dtype)
     router = TokenRouter(d_in, r1, r2, n_clusters=k, dtype=dtype, **router_kwargs)
-    randomize(bank, seed, std=0.7 if entangled else 1.0)
-    randomize(router, seed + 1)
+    # noise drawn in float64 and rounded, so low-precision banks get the float64 draw's values
+    randomize(bank, seed, std=0.7 if entangled else 1.0, dtype=torch.float64)
+    randomize(router, seed + 1, dtype=torch.float64)
     return bank, router
 
 
@@ -245,7 +199,7 @@ def test_soft_router_is_the_plain_weighted_sum_of_experts(
         router.set_task_prior(table)
         task_ids = torch.tensor([2, 0])
         rows = table[task_ids]
-    expected_weights = plain_weights(router, x, rows)
+    expected_weights = plain_token_weights(router, x, rows)
     got_weights = router.routing_weights(x, semantic_prior, task_ids)
     assert got_weights.shape == (batch, *token_axes, r1 * r2)
     torch.testing.assert_close(got_weights, expected_weights.expand_as(got_weights))
@@ -281,7 +235,7 @@ def test_prior_mixes_differ_and_weights_mix_is_after_the_softmax():
 def test_per_token_update_has_rank_at_most_min_r1_r2(d_in, d_out, r1, r2, mix, entangled, seed):
     bank, router = build(d_in, d_out, r1, r2, k=2, seed=seed, prior_mix=mix, entangled=entangled)
     x, prior = tokens((2, 3, d_in), seed), tokens((2, 2), seed + 1)
-    weights = plain_weights(router, x, prior)
+    weights = plain_token_weights(router, x, prior)
     delta = router.token_delta(x, bank, semantic_prior=prior)
     down, up = plain_vectors(bank)
     for b in range(2):
@@ -298,7 +252,7 @@ def test_per_token_rank_reaches_min_r1_r2_with_many_experts():
     """r1 * r2 = 12 experts, yet a token's update has rank exactly min(r1, r2) = 3."""
     bank, router = build(16, 14, 3, 4, k=2, seed=9)
     x = tokens((1, 2, 16), 3)
-    weights = plain_weights(router, x, None)
+    weights = plain_token_weights(router, x, None)
     down, up = plain_vectors(bank)
     matrix = sum(weights[0, 1, i * 4 + j] * torch.outer(down[i], up[j]) for i in range(3) for j in range(4))
     assert int(torch.linalg.matrix_rank(matrix)) == 3
@@ -337,7 +291,7 @@ def test_without_a_prior_the_gate_is_unused():
     with torch.no_grad():
         router.gate_logit.fill_(5.0)
     torch.testing.assert_close(router.routing_weights(x), before)
-    torch.testing.assert_close(before, plain_weights(router, x, None))
+    torch.testing.assert_close(before, plain_token_weights(router, x, None))
 
 
 # --------------------------------------------------------------------------------------------
@@ -352,7 +306,7 @@ def test_fresh_router_starts_uniform_and_gate_at_one_half(mix):
     assert float(router.gate.detach()) == 0.5
     x, prior = tokens((2, 5, 7), 0), tokens((2, 4), 1)
     torch.testing.assert_close(router.routing_weights(x), torch.full((2, 5, 6), 1 / 6, dtype=torch.float64))
-    torch.testing.assert_close(router.routing_weights(x, prior), plain_weights(router, x, prior))
+    torch.testing.assert_close(router.routing_weights(x, prior), plain_token_weights(router, x, prior))
     bank = RankOneBank(7, 3, 2, 3, dtype=torch.float64)  # b_j start at zero: so does the delta
     assert torch.count_nonzero(router.token_delta(x, bank, semantic_prior=prior)) == 0
 
@@ -387,7 +341,7 @@ def test_dtypes_odd_prime_dims_and_gradients(dtype, entangled, d_in, d_out, r1, 
     out = router.token_delta(x, bank, semantic_prior=prior)
     assert out.dtype == dtype and out.shape == (2, 3, d_out)
     # float64 reference from the same (rounded) parameters and inputs
-    reference = plain_delta(bank, plain_weights(router, x.detach(), prior), x.detach())
+    reference = plain_delta(bank, plain_token_weights(router, x.detach(), prior), x.detach())
     atol, rtol = TOLERANCES[dtype]
     scale = max(1.0, float(reference.abs().max()))
     torch.testing.assert_close(out.double(), reference, atol=atol * scale, rtol=rtol)
@@ -448,7 +402,7 @@ def test_top_k_keeps_exactly_k_pairs_summing_to_one(r1, r2, data, with_prior, mi
     assert ((weights != 0).sum(-1) == top_k).all()
     assert (weights >= 0).all()
     torch.testing.assert_close(weights.sum(-1), torch.ones(2, 3, dtype=torch.float64))
-    expected = plain_top_k(plain_weights(router, x, prior), top_k)
+    expected = plain_top_k(plain_token_weights(router, x, prior), top_k)
     torch.testing.assert_close(weights, expected)
     torch.testing.assert_close(router.token_delta(x, bank, semantic_prior=prior), plain_delta(bank, expected, x))
 
@@ -469,7 +423,7 @@ def test_balance_loss_is_positive_differentiable_and_plain(top_k, with_prior):
     loss = router.aux_loss
     assert loss is not None and loss.dim() == 0 and float(loss.detach()) > 0
     # Switch: E * sum_e f_e P_e; f the share of dispatches (top-k, or arg-max without top-k)
-    probs = plain_weights(router, x, prior).reshape(-1, 6)
+    probs = plain_token_weights(router, x, prior).reshape(-1, 6)
     n_sent = top_k or 1
     counts = torch.zeros(6, dtype=torch.float64)
     for row in probs:
@@ -517,13 +471,13 @@ def test_averaged_matrices_are_the_plain_routing_average():
     router.set_task_prior(table)
     zero = torch.zeros(1, 6, dtype=torch.float64)
     a, b = router.averaged_matrices(bank, task=1)
-    torch.testing.assert_close(a @ b, averaged(plain_weights(router, zero, table[1:2])[0]))
+    torch.testing.assert_close(a @ b, averaged(plain_token_weights(router, zero, table[1:2])[0]))
     router.start_calibration()
     xs = [tokens((2, 3, 6), s) for s in range(3)]
     for x in xs:
         router.token_delta(x, bank, task_ids=0)
     router.finish_calibration()
-    mean = torch.cat([plain_weights(router, x, table[0].expand(2, 4)).reshape(-1, 6) for x in xs]).mean(0)
+    mean = torch.cat([plain_token_weights(router, x, table[0].expand(2, 4)).reshape(-1, 6) for x in xs]).mean(0)
     a, b = router.averaged_matrices(bank)
     torch.testing.assert_close(a @ b, averaged(mean))
     assert a.shape[1] == b.shape[0] == 2  # rank min(r1, r2)
@@ -536,7 +490,7 @@ def test_averaged_matrices_both_branches(d_in, d_out, r1, r2, k, top_k, seed):
     bank, router = build(d_in, d_out, r1, r2, k=k, seed=seed, top_k=cut)
     table = tokens((2, k), seed + 1)
     router.set_task_prior(table)
-    weights = plain_weights(router, torch.zeros(1, d_in, dtype=torch.float64), table[1:2])[0]
+    weights = plain_token_weights(router, torch.zeros(1, d_in, dtype=torch.float64), table[1:2])[0]
     if cut is not None:
         weights = plain_top_k(weights, cut)
     down, up = plain_vectors(bank)
@@ -568,12 +522,12 @@ def test_task_prior_without_task_ids_needs_one_task():
     bank, router = build(4, 4, 2, 2, k=3)
     x = tokens((2, 4), 0)
     router.set_task_prior(tokens((1, 3), 1))
-    torch.testing.assert_close(router.routing_weights(x), plain_weights(router, x, router.task_prior.expand(2, 3)))
+    torch.testing.assert_close(router.routing_weights(x), plain_token_weights(router, x, router.task_prior.expand(2, 3)))
     router.set_task_prior(tokens((2, 3), 1))
     with pytest.raises(ValueError, match="task_ids"):
         router.routing_weights(x)
     router.set_task_prior(None)
-    torch.testing.assert_close(router.routing_weights(x), plain_weights(router, x, None))
+    torch.testing.assert_close(router.routing_weights(x), plain_token_weights(router, x, None))
 
 
 @pytest.mark.parametrize(
