@@ -73,10 +73,7 @@ def set_single_task_prior(model: nn.Module, prior, examples: Sequence[Example]) 
     The few-shot counterpart of `tensoradapt.reset_routing` for T-REX (which has no routing
     matrix to reset): the task count drops to 1 and the prior table becomes ``(1, k)``.
     """
-    from tensoradapt import adapter_config
     from tensoradapt.trex import set_task_prior
 
     row = prior.task_prior([_sample([example.input_text for example in examples], MAX_TEXTS_PER_TASK)])
-    set_task_prior(model, None)
-    adapter_config(model).n_tasks = 1  # the model's own config copy; reset_routing edits it the same way
-    set_task_prior(model, row)
+    set_task_prior(model, row, new_tasks=True)

@@ -34,7 +34,7 @@ def token_routers(model: nn.Module) -> dict[str, TokenRouter]:
     return routers
 
 
-def set_task_prior(model: nn.Module, table: torch.Tensor | None) -> None:
+def set_task_prior(model: nn.Module, table: torch.Tensor | None, *, new_tasks: bool = False) -> None:
     """Give every T-REX layer the per-task prior ``table (n_tasks, k)`` (``None`` removes it).
 
     Row ``t`` (e.g. ``SemanticPrior.task_prior(...)[t]``) is the prior of every example of task
@@ -43,11 +43,20 @@ def set_task_prior(model: nn.Module, table: torch.Tensor | None) -> None:
     written neither by `save_adapter` nor in the model's ``state_dict``, so set it again after
     loading.
 
+    ``new_tasks=True`` is T-REX's few-shot start, the counterpart of `tensoradapt.reset_routing`
+    (T-REX has no routing matrix to reset): the table's rows become the model's tasks, so
+    ``config.n_tasks`` becomes ``table.shape[0]`` (e.g. one row for a new task, id 0).
+
     Raises:
-        ValueError: the table is not ``(config.n_tasks, config.trex_n_clusters)``.
+        ValueError: the table is not ``(config.n_tasks, config.trex_n_clusters)`` (with
+            ``new_tasks``: not ``(n >= 1, config.trex_n_clusters)``).
     """
     config = adapter_config(model)
     routers = token_routers(model)
+    if new_tasks:
+        if not isinstance(table, torch.Tensor) or table.dim() != 2 or table.shape[0] < 1:
+            raise ValueError("new_tasks=True needs a (n_tasks >= 1, trex_n_clusters) table of the new tasks' priors")
+        config.n_tasks = table.shape[0]
     if table is not None:
         expected = (config.n_tasks, config.trex_n_clusters)
         if not isinstance(table, torch.Tensor) or tuple(table.shape) != expected:

@@ -465,3 +465,23 @@ def test_routing_reads_the_clean_input_under_dropout():
     # ... while the projections did see dropout: the delta differs from the eval-mode one.
     train_delta = layer.delta(x)
     assert not torch.allclose(train_delta, layer.eval().delta(x))
+
+
+def test_new_tasks_prior_makes_its_rows_the_tasks():
+    """T-REX's few-shot start: a one-row prior table becomes task 0, and ids past it are refused."""
+    model = perturb_adapters(trex_model()).eval()
+    set_task_prior(model, random_prior(3))
+    row = random_prior(1, seed=1)
+    set_task_prior(model, row, new_tasks=True)
+    assert adapter_config(model).n_tasks == 1
+    batch = tiny_batch(model, batch=2)
+    with torch.no_grad():
+        by_task = model(**batch, task_ids=0).logits
+        explicit = model(**batch, semantic_prior=row.expand(2, K)).logits
+    torch.testing.assert_close(by_task, explicit)
+    with torch.no_grad():
+        assert not torch.allclose(by_task, model(**batch).logits, atol=1e-5), "the prior must change the routing"
+    with pytest.raises(ValueError, match="out of range"):
+        model(**batch, task_ids=1)
+    with pytest.raises(ValueError, match="new_tasks=True needs"):
+        set_task_prior(model, None, new_tasks=True)
