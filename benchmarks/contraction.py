@@ -21,10 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import statistics
 import sys
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -35,6 +32,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from tensoradapt.algebra import kron_chain, leaf_size, materialize  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import environment, interleaved_samples, median  # noqa: E402
 
 METHODS = ("planned", "pairwise", "naive")
 PASSES = ("forward", "forward+backward")
@@ -74,12 +74,6 @@ IMPLEMENTATIONS: dict[str, Callable[[torch.Tensor, int], torch.Tensor]] = dict(
 )
 
 
-def synchronize(device: torch.device) -> None:
-    """Wait for queued kernels so that wall-clock time covers them (no-op on CPU)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def make_step(method: str, pass_name: str, leaves: torch.Tensor, dim: int, upstream: torch.Tensor) -> Callable[[], None]:
     """One timed unit of work: a forward, or a forward and a backward of ``<output, upstream>``."""
     implementation = IMPLEMENTATIONS[method]
@@ -96,39 +90,6 @@ def make_step(method: str, pass_name: str, leaves: torch.Tensor, dim: int, upstr
             implementation(leaves, dim).backward(upstream)
 
     return step
-
-
-def calls_per_sample(step: Callable[[], None], device: torch.device, min_sample_s: float) -> int:
-    """How many back-to-back calls make one sample last at least ``min_sample_s``."""
-    calls = 1
-    while True:
-        start = time.perf_counter()
-        for _ in range(calls):
-            step()
-        synchronize(device)
-        elapsed = time.perf_counter() - start
-        if elapsed >= min_sample_s or calls >= 2**16:
-            return calls
-        calls *= 2 if elapsed == 0 else max(2, min(16, int(min_sample_s / elapsed) + 1))
-
-
-def interleaved_medians(
-    steps: dict[str, Callable[[], None]], device: torch.device, *, repeats: int, min_sample_s: float
-) -> dict[str, float]:
-    """Median seconds per call of every step, sampling the steps in turn ``repeats`` times."""
-    for step in steps.values():
-        step()  # warm-up: builds and caches the plan, allocator pools
-    calls = {name: calls_per_sample(step, device, min_sample_s) for name, step in steps.items()}
-    samples: dict[str, list[float]] = {name: [] for name in steps}
-    for _ in range(repeats):
-        for name, step in steps.items():
-            synchronize(device)
-            start = time.perf_counter()
-            for _ in range(calls[name]):
-                step()
-            synchronize(device)
-            samples[name].append((time.perf_counter() - start) / calls[name])
-    return {name: statistics.median(values) for name, values in samples.items()}
 
 
 def run_setting(
@@ -149,7 +110,8 @@ def run_setting(
     rows = []
     for pass_name in PASSES:
         steps = {method: make_step(method, pass_name, leaves, dim, upstream) for method in METHODS}
-        medians = interleaved_medians(steps, device, repeats=repeats, min_sample_s=min_sample_s)
+        samples = interleaved_samples(steps, device, repeats=repeats, warmup=1, min_sample_s=min_sample_s)
+        medians = {name: median(values) for name, values in samples.items()}
         rows.append(
             dict(
                 order=order,
@@ -165,18 +127,6 @@ def run_setting(
             )
         )
     return rows
-
-
-def environment(device: torch.device) -> dict:
-    """What the timings were taken on."""
-    return dict(
-        python=platform.python_version(),
-        torch=torch.__version__,
-        platform=platform.platform(),
-        processor=platform.processor() or platform.machine(),
-        threads=torch.get_num_threads(),
-        device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-    )
 
 
 def format_table(rows: Sequence[dict]) -> list[str]:
@@ -229,7 +179,7 @@ def summary(result: dict, command: str) -> str:
     env = result["environment"]
     lines.append(
         f"Median of {result['repeats']} interleaved samples per cell; torch {env['torch']}, {env['device']} "
-        f"({env['threads']} threads, {env['processor']}, {env['platform']}). Reproduce with `{command}`."
+        f"({env['torch_threads']} threads, {env['device_name']}, {env['platform']}). Reproduce with `{command}`."
     )
     lines.append("")
     lines += format_table(rows)
