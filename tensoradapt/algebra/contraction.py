@@ -76,11 +76,13 @@ def materialize(
     *,
     keep_rank: bool = False,
     normalize_outer: bool = False,
+    rank_weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Materialise entangled vectors from their leaves.
 
-    ``v = sum_r leaves[r, 0] (x) leaves[r, 1] (x) ... (x) leaves[r, N-1]``, flattened row-major
-    (as ``torch.kron`` orders it) and cut to its first ``dim`` entries.
+    ``v = sum_r w_r leaves[r, 0] (x) leaves[r, 1] (x) ... (x) leaves[r, N-1]``, flattened row-major
+    (as ``torch.kron`` orders it) and cut to its first ``dim`` entries; ``w_r = 1`` unless
+    ``rank_weights`` are given.
 
     Args:
         leaves: ``(*batch, rank, order, q)`` with ``q ** order >= dim``.
@@ -90,6 +92,11 @@ def materialize(
             batch axis and the product (per rank and leading batch index; over the product alone
             without batch axes), as in [`kron_chain`][tensoradapt.algebra.contraction.kron_chain]
             (reference-code option; uses the sequential pairwise path, not the planned contraction).
+        rank_weights: ``w (rank,)``, or any shape that broadcasts to ``(*batch, rank)``: each rank's
+            term is scaled by its weight, folded into its first leaf
+            (``w (a_0 (x) a_1) = (w a_0) (x) a_1``), so a weighted sum of the simple tensors costs
+            one contraction (TensorPoly-I). Not with ``normalize_outer``, whose LayerNorm would
+            undo the weight.
 
     Order 2 needs no plan: the rank-summed product is one batched matmul
     (``b r a, b r c -> b a c`` as ``bmm(L0^T, L1)``) and the rank-kept one a broadcast product;
@@ -104,20 +111,30 @@ def materialize(
     *batch_shape, rank, order, q = leaves.shape
     if q**order < dim:
         raise ValueError(f"leaves of size q={q} and order {order} give {q**order} entries, fewer than dim={dim}")
-    if normalize_outer or order == 1:
-        product = kron_chain(leaves, normalize_outer=normalize_outer)  # (*batch, rank, q ** order)
+    if normalize_outer:
+        if rank_weights is not None:
+            raise ValueError("rank_weights cannot be folded into leaves with normalize_outer (the LayerNorm undoes them)")
+        product = kron_chain(leaves, normalize_outer=True)  # (*batch, rank, q ** order)
         return (product if keep_rank else product.sum(dim=-2))[..., :dim]
     flat = leaves.reshape(-1, rank, order, q)
-    if order == 2:
-        first, second = flat.unbind(2)  # (b, r, q) each
+    first = flat[:, :, 0, :]  # (b, r, q)
+    if rank_weights is not None:
+        weights = rank_weights.to(leaves.dtype).expand(*batch_shape, rank).reshape(-1, rank)
+        first = first * weights.unsqueeze(-1)
+    if order == 1:
+        product = first
+    elif order == 2:
+        second = flat[:, :, 1, :]  # (b, r, q)
         if keep_rank:
             product = (first.unsqueeze(-1) * second.unsqueeze(-2)).flatten(-2)
         else:
             product = torch.bmm(first.transpose(1, 2), second).flatten(-2)
     else:
-        operands = [flat[:, :, n, :] for n in range(order)]
+        operands = [first, *(flat[:, :, n, :] for n in range(1, order))]
         equation = product_equation(order, keep_rank=keep_rank)
         expression = planned_expression(equation, tuple(tuple(op.shape) for op in operands))
         product = expression(*operands, backend="torch").flatten(-order)
+    if order == 1 and not keep_rank:
+        product = product.sum(dim=1)
     product = product[..., :dim]
     return product.reshape(*batch_shape, *((rank,) if keep_rank else ()), dim)

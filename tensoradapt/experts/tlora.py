@@ -124,9 +124,8 @@ class TLoRABank(ExpertBank):
         # legend: c LoRA column, k tensor rank, n order, q leaf entry, d entry of the vector
         leaves = tensor.leaves  # (c, k, n, q)
         weights = weights.to(leaves.dtype)
-        if weights.dim() == 1:  # one task: scale each rank's first leaf by w[k]
-            first = leaves[:, :, :1, :] * weights[:, None, None]  # (c, k, 1, q)
-            return materialize(torch.cat([first, leaves[:, :, 1:, :]], dim=-2), tensor.dim)
+        if weights.dim() == 1:  # one task: each rank's first leaf scaled by w[k] in the contraction
+            return materialize(leaves, tensor.dim, rank_weights=weights)
         simple = materialize(leaves, tensor.dim, keep_rank=True)  # (c, k, d)
         columns, rank, dim = simple.shape
         mixed = weights @ simple.transpose(0, 1).reshape(rank, columns * dim)  # (..., k) @ (k, c d)

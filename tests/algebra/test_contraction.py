@@ -50,6 +50,25 @@ def test_materialize_is_the_sum_of_kron_chains_cut_to_dim(kron_reference, dim, r
     torch.testing.assert_close(out, expected)
 
 
+@given(dim=dims, rank=st.integers(1, 4), order=st.integers(1, 5), batch_shape=batch_shapes,
+       keep_rank=st.booleans(), per_batch=st.booleans(), seed=st.integers(0, 2**16))
+def test_rank_weights_scale_each_simple_tensor(kron_reference, dim, rank, order, batch_shape, keep_rank, per_batch,
+                                               seed):
+    """``rank_weights`` (shared ``(rank,)`` or per batch entry) scale each rank's term: ``sum_r w_r (x)_n v_rn``."""
+    leaves = random_leaves(dim, rank, order, batch_shape, seed=seed)
+    generator = torch.Generator().manual_seed(seed + 1)
+    weights = torch.randn(*(batch_shape if per_batch else ()), rank, generator=generator, dtype=torch.float64)
+    out = materialize(leaves, dim, keep_rank=keep_rank, rank_weights=weights)
+    terms = kron_reference(leaves, dim, keep_rank=True)  # (*batch, rank, dim)
+    weighted = terms * weights.expand(*batch_shape, rank).unsqueeze(-1)
+    torch.testing.assert_close(out, weighted if keep_rank else weighted.sum(-2))
+
+
+def test_rank_weights_refuse_normalize_outer():
+    with pytest.raises(ValueError, match="rank_weights"):
+        materialize(random_leaves(8, 2, 2, (3,)), 8, normalize_outer=True, rank_weights=torch.ones(2))
+
+
 @given(dim=dims, rank=st.integers(1, 3), order=st.integers(1, 5), batch_shape=batch_shapes,
        keep_rank=st.booleans(), seed=st.integers(0, 2**16))
 @settings(max_examples=25)
