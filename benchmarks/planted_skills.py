@@ -17,6 +17,12 @@ Every method goes through the library's public API exactly as a user would:
    TLoRA train their one adapter (``full``). Same examples, steps and learning rates for all;
    the last step is evaluated (no checkpoint selection).
 
+T-REX routes every input by itself and takes the task level through its semantic prior, as in a
+task-id pipeline: the training tasks' mean inputs are clustered (``fit_centroids``, one centroid
+per training task) and each task's prior row is the cosine of its mean input to the centroids
+(``set_task_prior``); a held-out task's row comes from the mean of its shots
+(``set_task_prior(..., new_tasks=True)``). Inputs stand in for sentence embeddings here.
+
 Reported: the held-out relative error ``sum ||f(x) - y||^2 / sum ||backbone(x) - y||^2`` on
 fresh inputs of each held-out task (1 = no better than the frozen backbone, 0 = the planted
 function), the parameters each phase trains, and how well each router recovered the planted
@@ -51,6 +57,8 @@ from planted.recovery import MATCHER, recovery_score, routing_slices, shuffled_s
 from planted.report import markdown_report, plot_results, plot_routing  # noqa: E402
 from planted.world import ADAPTED_LAYERS, WORLDS, World, WorldSpec, make_world  # noqa: E402
 from tensoradapt import AdapterConfig  # noqa: E402
+from tensoradapt.routing.semantic_prior import centroid_similarity, fit_centroids  # noqa: E402
+from tensoradapt.trex import set_task_prior  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_OUTPUT = HERE / "results" / "demo"
@@ -118,14 +126,27 @@ def method_configs(run: RunSpec, n_tasks: int) -> dict[str, AdapterConfig]:
         "mhr": AdapterConfig(method="mhr", n_skills=spec.n_skills, n_heads=run.mhr_heads, **routed),
         "tensorpoly_i": AdapterConfig(method="tensorpoly_i", tensor_rank=spec.n_skills, order=2, **routed),
         "tensorpoly_ii": AdapterConfig(method="tensorpoly_ii", tensor_rank=spec.n_skills, order=2, **routed),
-        "trex": AdapterConfig(method="trex", trex_down=spec.pair_down, trex_up=spec.pair_up, **common),
+        "trex": AdapterConfig(
+            method="trex", trex_down=spec.pair_down, trex_up=spec.pair_up, trex_n_clusters=n_tasks, **routed
+        ),
     }
     return configs
 
 
 def call_kwargs(config: AdapterConfig, task_ids) -> dict:
-    """Routing inputs of one call: task ids for task-routed methods, nothing otherwise."""
-    return {"task_ids": task_ids} if config.is_routed else {}
+    """Routing inputs of one call: task ids for task-routed methods and T-REX (its task prior rows)."""
+    return {"task_ids": task_ids} if config.is_routed or config.method == "trex" else {}
+
+
+def trex_centroids(world: World, config: AdapterConfig, seed: int) -> torch.Tensor:
+    """``(k, d)`` k-means centroids of the training tasks' mean inputs (T-REX's semantic clusters)."""
+    task_means = world.data["train"][0].mean(1)  # (tasks, d)
+    return fit_centroids(task_means, config.trex_n_clusters, seed, use_cache=False)
+
+
+def trex_prior_rows(x_by_task: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
+    """``(tasks, k)``: cosine of every task's mean input ``x_by_task (tasks, n, d)`` to the centroids."""
+    return centroid_similarity(x_by_task.mean(1), centroids)
 
 
 def optimizer(model, modules_lr: float, routing_lr: float) -> torch.optim.Optimizer:
@@ -172,8 +193,14 @@ def relative_errors(model, world: World, x_all, y_all, config: AdapterConfig, ta
     return errors
 
 
-def adapt(pretrained, world: World, config: AdapterConfig, run: RunSpec, mode: str, seed: int) -> dict:
-    """Few-shot adaptation of a fresh copy per held-out task; errors on fresh inputs, last step."""
+def adapt(
+    pretrained, world: World, config: AdapterConfig, run: RunSpec, mode: str, seed: int,
+    centroids: torch.Tensor | None = None,
+) -> dict:
+    """Few-shot adaptation of a fresh copy per held-out task; errors on fresh inputs, last step.
+
+    ``centroids``: T-REX's, to give each held-out task the prior row of its shots.
+    """
     x_shots, y_shots = world.data["shots"]
     errors, trainable = [], None
     for i in range(world.n_heldout):
@@ -181,6 +208,8 @@ def adapt(pretrained, world: World, config: AdapterConfig, run: RunSpec, mode: s
         model = copy.deepcopy(pretrained)
         if config.is_routed:
             tensoradapt.reset_routing(model, 1)
+        if centroids is not None:
+            set_task_prior(model, trex_prior_rows(x_shots[i : i + 1], centroids), new_tasks=True)
         parameters = tensoradapt.set_training_mode(model, mode)
         trainable = sum(p.numel() for p in parameters)
         opt = optimizer(model, run.fewshot_lr, run.fewshot_routing_lr)
@@ -242,6 +271,9 @@ def run_world(world: World, run: RunSpec, seed: int, *, bar: tqdm) -> dict:
         start = time.perf_counter()
         torch.manual_seed(seed * 7919 + offset)
         model = tensoradapt.inject(copy.deepcopy(world.backbone), config)
+        centroids = trex_centroids(world, config, seed) if config.method == "trex" else None
+        if centroids is not None:
+            set_task_prior(model, trex_prior_rows(world.data["train"][0], centroids))
         counts = tensoradapt.count_parameters(model)
         entry = dict(config=config.to_dict(), multitask_parameters=counts["adapter"], recovery=None)
         if name != "lora_scratch":
@@ -255,7 +287,9 @@ def run_world(world: World, run: RunSpec, seed: int, *, bar: tqdm) -> dict:
             entry["multitask_parameters"] = 0
             entry["train_error"] = None
         modes = MODES if config.is_routed else ("full",)
-        entry["fewshot"] = {mode: adapt(model, world, config, run, mode, seed * 104729 + offset) for mode in modes}
+        entry["fewshot"] = {
+            mode: adapt(model, world, config, run, mode, seed * 104729 + offset, centroids) for mode in modes
+        }
         entry["seconds"] = time.perf_counter() - start
         results[name] = entry
         bar.update(1)

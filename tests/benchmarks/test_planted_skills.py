@@ -54,3 +54,12 @@ def test_same_seed_gives_the_same_figures(quick_run, tmp_path):
     second = demo.main(["--quick", "--output-dir", str(tmp_path), "--no-param-table", "--worlds", "poly", *THREADS])
     for name, entry in second["worlds"]["poly"]["methods"].items():
         assert entry["fewshot"] == first["worlds"]["poly"]["methods"][name]["fewshot"], name
+
+
+def test_trex_runs_with_a_task_level_prior(quick_run):
+    """T-REX gets one prior row per training task (centroids of the tasks' mean inputs)."""
+    _, _, output = quick_run
+    n_train = output["settings"]["world"]["n_train_tasks"]
+    for world in output["worlds"].values():
+        config = world["methods"]["trex"]["config"]
+        assert config["n_tasks"] == n_train and config["trex_n_clusters"] == n_train
