@@ -55,7 +55,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import tensoradapt  # noqa: E402
 from planted.recovery import MATCHER, recovery_score, routing_slices, shuffled_scores  # noqa: E402
 from planted.report import markdown_report, plot_results, plot_routing  # noqa: E402
-from planted.world import ADAPTED_LAYERS, WORLDS, World, WorldSpec, make_world  # noqa: E402
+from planted.world import WORLDS, World, WorldSpec, make_world  # noqa: E402
 from tensoradapt import AdapterConfig  # noqa: E402
 from tensoradapt.routing.semantic_prior import centroid_similarity, fit_centroids  # noqa: E402
 from tensoradapt.trex import set_task_prior  # noqa: E402
@@ -66,16 +66,7 @@ MODES = ("routing_only", "modules_only", "full")
 MODE_LABELS = {"routing_only": "z (routing only)", "modules_only": "mu (modules only)", "full": "full"}
 #: Methods in the order they are reported; ``lora_scratch`` is LoRA without multi-task training.
 METHOD_ORDER = ("lora_scratch", "lora", "tlora", "poly", "mhr", "tensorpoly_i", "tensorpoly_ii", "trex")
-METHOD_LABELS = {
-    "lora_scratch": "LoRA, no multi-task",
-    "lora": "LoRA",
-    "tlora": "TLoRA",
-    "poly": "Poly",
-    "mhr": "MHR",
-    "tensorpoly_i": "TensorPoly-I",
-    "tensorpoly_ii": "TensorPoly-II",
-    "trex": "T-REX",
-}
+METHOD_LABELS = {"lora_scratch": "LoRA, no multi-task", **tensoradapt.METHOD_LABELS}
 
 
 @dataclass(frozen=True)

@@ -17,18 +17,8 @@ from typing import Any
 
 from tensoradapt import METHODS, TRAINING_MODES, AdapterConfig
 
-__all__ = ["METHOD_LABELS", "adapter_config_for", "check_mode", "modes_of", "routes_by_task"]
+__all__ = ["adapter_config_for", "check_mode", "modes_of", "routes_by_task"]
 
-#: Display names, as the paper's Table 1 prints them.
-METHOD_LABELS: dict[str, str] = {
-    "lora": "LoRA",
-    "tlora": "TLoRA",
-    "poly": "Poly",
-    "mhr": "MHR",
-    "tensorpoly_i": "TensorPoly-I",
-    "tensorpoly_ii": "TensorPoly-II",
-    "trex": "T-REX",
-}
 
 _ROUTED = {"routing_noise": "none"}
 _PAPER: dict[str, dict[str, Any]] = {

@@ -39,8 +39,9 @@ from t0_recipes.cli import apply_threads, base_parser, preset_from_args, protoco
 from t0_recipes.collate import MultipleChoiceCollator
 from t0_recipes.data import TASK_MODES
 from t0_recipes.hub import P3_PER_DATASET_CAP, HubUnavailableError
-from t0_recipes.methods import METHOD_LABELS, adapter_config_for, check_mode, modes_of, routes_by_task
+from t0_recipes.methods import adapter_config_for, check_mode, modes_of, routes_by_task
 from t0_recipes.presets import ModelUnavailableError, Preset, load_model
+from tensoradapt.config import METHOD_LABELS
 
 __all__ = ["RecipeConfig", "main", "recipe_parser", "run_recipe"]
 

@@ -8,7 +8,7 @@ export).
 
 from tensoradapt.algebra import EntangledTensor, fit_leaves, leaf_size, materialize
 from tensoradapt.checkpoint import adapter_state_dict, load_adapter, save_adapter
-from tensoradapt.config import METHODS, TRAINING_MODES, AdapterConfig
+from tensoradapt.config import METHOD_LABELS, METHODS, TRAINING_MODES, AdapterConfig
 from tensoradapt.export import export_peft_lora, task_lora_matrices
 from tensoradapt.layers import AdaptedLinear
 from tensoradapt.model import (
@@ -30,6 +30,7 @@ from tensoradapt.trainable import (
 )
 
 __all__ = [
+    "METHOD_LABELS",
     "METHODS",
     "TRAINING_MODES",
     "AdaptedLinear",

@@ -8,9 +8,19 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["AdapterConfig", "METHODS", "TRAINING_MODES", "ROUTING_NOISES", "INITS", "TREX_PRIOR_MIXES"]
+__all__ = ["AdapterConfig", "METHODS", "METHOD_LABELS", "TRAINING_MODES", "ROUTING_NOISES", "INITS", "TREX_PRIOR_MIXES"]
 
 METHODS: tuple[str, ...] = ("lora", "tlora", "poly", "mhr", "tensorpoly_i", "tensorpoly_ii", "trex")
+#: Display names of the methods, as the papers print them (reports, plots, command-line help).
+METHOD_LABELS: dict[str, str] = {
+    "lora": "LoRA",
+    "tlora": "TLoRA",
+    "poly": "Poly",
+    "mhr": "MHR",
+    "tensorpoly_i": "TensorPoly-I",
+    "tensorpoly_ii": "TensorPoly-II",
+    "trex": "T-REX",
+}
 TRAINING_MODES: tuple[str, ...] = ("full", "routing_only", "modules_only")
 ROUTING_NOISES: tuple[str, ...] = ("relaxed_bernoulli", "none")
 INITS: tuple[str, ...] = ("reference", "lora")
