@@ -7,12 +7,10 @@ import math
 import torch
 from torch import nn
 
-from tensoradapt.algebra.entangled import EntangledTensor, check_positive
-from tensoradapt.experts.base import REFERENCE_GAIN, ExpertBank, lora_a_std
+from tensoradapt.algebra.entangled import check_positive
+from tensoradapt.experts.base import ENTANGLED_INITS, ExpertBank, entangled_down_up
 
-__all__ = ["RankOneBank", "RANK_ONE_INITS"]
-
-RANK_ONE_INITS: tuple[str, ...] = ("reference", "lora")
+__all__ = ["RankOneBank"]
 
 
 class RankOneBank(ExpertBank):
@@ -69,8 +67,8 @@ class RankOneBank(ExpertBank):
         super().__init__()
         for name, value in (("d_in", d_in), ("d_out", d_out), ("n_down", n_down), ("n_up", n_up)):
             check_positive(name, value)
-        if init not in RANK_ONE_INITS:
-            raise ValueError(f"init must be one of {RANK_ONE_INITS}, got {init!r}")
+        if init not in ENTANGLED_INITS:
+            raise ValueError(f"init must be one of {ENTANGLED_INITS}, got {init!r}")
         self.d_in, self.d_out = d_in, d_out
         self.n_down, self.n_up = n_down, n_up
         self.entangled = bool(entangled)
@@ -82,29 +80,10 @@ class RankOneBank(ExpertBank):
             return
         check_positive("tensor_rank", tensor_rank)
         check_positive("order", order)
-        if init == "lora" and order >= 2 and tensor_rank < 2:
-            raise ValueError(
-                f"entangled T-REX with init='lora' starts b at zero with the zero-output scheme, which needs "
-                f"tensor_rank >= 2 when order >= 2 (got tensor_rank={tensor_rank}, order={order}); raise "
-                "tensor_rank or use init='reference'"
-            )
-        common = dict(normalize_outer=normalize_outer, dtype=dtype, device=device)
-        if init == "reference":
-            bound = REFERENCE_GAIN / d_in**0.5
-            self.down = EntangledTensor(
-                d_in, tensor_rank, order, batch_shape=(n_down,), init="leaf_uniform", bound=bound, **common
-            )
-            self.up = EntangledTensor(
-                d_out, tensor_rank, order, batch_shape=(n_up,), init="leaf_uniform", bound=bound, **common
-            )
-        else:
-            std = lora_a_std(d_in)
-            self.down = EntangledTensor(
-                d_in, tensor_rank, order, batch_shape=(n_down,), init="uniform", std=std, **common
-            )
-            self.up = EntangledTensor(
-                d_out, tensor_rank, order, batch_shape=(n_up,), init="zero_output", std=std, **common
-            )
+        self.down, self.up = entangled_down_up(
+            d_in, d_out, n_down, n_up, tensor_rank, order, init=init, normalize_outer=normalize_outer,
+            dtype=dtype, device=device,
+        )
 
     @property
     def n_skills(self) -> int:

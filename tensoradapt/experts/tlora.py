@@ -6,11 +6,9 @@ import torch
 
 from tensoradapt.algebra.contraction import materialize
 from tensoradapt.algebra.entangled import EntangledTensor, check_positive
-from tensoradapt.experts.base import REFERENCE_GAIN, ExpertBank, lora_a_std
+from tensoradapt.experts.base import ExpertBank, entangled_down_up
 
-__all__ = ["TLoRABank", "TLORA_INITS"]
-
-TLORA_INITS: tuple[str, ...] = ("reference", "lora")
+__all__ = ["TLoRABank"]
 
 
 class TLoRABank(ExpertBank):
@@ -56,25 +54,12 @@ class TLoRABank(ExpertBank):
             ("d_in", d_in), ("d_out", d_out), ("lora_rank", lora_rank), ("tensor_rank", tensor_rank), ("order", order)
         ):
             check_positive(name, value)
-        if init not in TLORA_INITS:
-            raise ValueError(f"init must be one of {TLORA_INITS}, got {init!r}")
-        if init == "lora" and order >= 2 and tensor_rank < 2:
-            raise ValueError(
-                f"init='lora' starts B at zero with every leaf trainable, which needs tensor_rank >= 2 for "
-                f"order >= 2 (got tensor_rank={tensor_rank}, order={order}): a single simple tensor is zero only "
-                "if one of its leaves is, and then the others get no gradient; use tensor_rank >= 2 or "
-                "init='reference'"
-            )
         self.d_in, self.d_out, self.lora_rank = d_in, d_out, lora_rank
         self.tensor_rank, self.order = tensor_rank, order
-        common = dict(batch_shape=(lora_rank,), normalize_outer=normalize_outer, dtype=dtype, device=device)
-        if init == "reference":
-            bound = REFERENCE_GAIN / d_in**0.5
-            self.down = EntangledTensor(d_in, tensor_rank, order, init="leaf_uniform", bound=bound, **common)
-            self.up = EntangledTensor(d_out, tensor_rank, order, init="leaf_uniform", bound=bound, **common)
-        else:
-            self.down = EntangledTensor(d_in, tensor_rank, order, init="uniform", std=lora_a_std(d_in), **common)
-            self.up = EntangledTensor(d_out, tensor_rank, order, init="zero_output", std=lora_a_std(d_in), **common)
+        self.down, self.up = entangled_down_up(
+            d_in, d_out, lora_rank, lora_rank, tensor_rank, order, init=init, normalize_outer=normalize_outer,
+            dtype=dtype, device=device,
+        )
 
     @property
     def n_skills(self) -> int:
