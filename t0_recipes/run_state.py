@@ -214,7 +214,7 @@ def commit_checkpoint(temporary: str | os.PathLike, state: RunState) -> Path:
 
     Call on the main process only, after every process has written its files.
     """
-    from tensoradapt.checkpoint import atomic_write
+    from tensoradapt.atomic import atomic_write
 
     temporary = Path(temporary)
     output_dir = temporary.parent

@@ -4,36 +4,19 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from tensoradapt.atomic import atomic_write
 from tensoradapt.config import CONFIG_NAME, AdapterConfig
 from tensoradapt.model import adapted_layers, adapter_config
 
-__all__ = ["WEIGHTS_NAME", "adapter_state_dict", "save_adapter", "load_adapter", "atomic_write"]
+__all__ = ["WEIGHTS_NAME", "adapter_state_dict", "save_adapter", "load_adapter"]
 
 WEIGHTS_NAME = "adapter_model.safetensors"
-
-
-def atomic_write(path: str | os.PathLike, write) -> None:
-    """Call ``write(temporary_path)``, then move the file onto ``path`` in one ``os.replace``.
-
-    A crash leaves either the old file or the new one, never a half-written file.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from tensoradapt.checkpoint import atomic_write
+from tensoradapt.atomic import atomic_write
 from tensoradapt.layers import AdaptedLinear, is_conv1d
 from tensoradapt.model import adapted_layers, adapter_config, validate_task_ids
 

@@ -222,8 +222,10 @@ def test_a_failed_config_write_keeps_the_earlier_config(tmp_path, monkeypatch):
 
 
 def test_atomic_write_replaces_in_one_step(tmp_path):
+    from tensoradapt.atomic import atomic_write
+
     target = tmp_path / "sub" / "file.txt"
-    checkpoint.atomic_write(target, lambda tmp: Path(tmp).write_text("one"))
-    checkpoint.atomic_write(target, lambda tmp: Path(tmp).write_text("two"))
+    atomic_write(target, lambda tmp: Path(tmp).write_text("one"))
+    atomic_write(target, lambda tmp: Path(tmp).write_text("two"))
     assert target.read_text() == "two"
     assert [p.name for p in target.parent.iterdir()] == ["file.txt"]

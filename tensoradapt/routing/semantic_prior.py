@@ -31,7 +31,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +38,8 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
+
+from tensoradapt.atomic import atomic_write
 
 __all__ = [
     "DEFAULT_ENCODER",
@@ -269,16 +270,8 @@ def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[st
     """Write a safetensors file at ``path`` through a temporary file and ``os.replace``."""
     from safetensors.torch import save_file
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        save_file({name: t.detach().cpu().contiguous() for name, t in tensors.items()}, temporary, metadata=metadata)
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
+    contiguous = {name: t.detach().cpu().contiguous() for name, t in tensors.items()}
+    atomic_write(path, lambda temporary: save_file(contiguous, temporary, metadata=metadata))
 
 
 def _cache_load(path: Path, name: str) -> torch.Tensor | None:
@@ -638,16 +631,8 @@ class SemanticPrior:
             "normalize": self.normalize,
         }
         _atomic_save({"centroids": self.centroids}, tensors_file)
-        handle, temporary = tempfile.mkstemp(dir=folder, prefix=".semantic_prior.", suffix=".tmp")
-        try:
-            with os.fdopen(handle, "w", encoding="utf-8") as stream:
-                json.dump(config, stream, indent=2, sort_keys=True)
-                stream.write("\n")
-            os.replace(temporary, config_file)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(temporary)
-            raise
+        text = json.dumps(config, indent=2, sort_keys=True) + "\n"
+        atomic_write(config_file, lambda temporary: Path(temporary).write_text(text, encoding="utf-8"))
 
     @classmethod
     def load(cls, path: PathLike, *, cache_dir: PathLike | None = None, device: str = "cpu") -> SemanticPrior:

@@ -220,9 +220,9 @@ def test_failed_checkpoint_leaves_the_previous_one_latest(tmp_path, monkeypatch,
 
         monkeypatch.setattr(run_state, "_fsync_tree", flaky)
     else:
-        import tensoradapt.checkpoint as checkpoint_module
+        import tensoradapt.atomic as atomic_module
 
-        original = checkpoint_module.atomic_write
+        original = atomic_module.atomic_write
 
         def flaky(path, write):
             if path.name == LATEST:
@@ -231,7 +231,7 @@ def test_failed_checkpoint_leaves_the_previous_one_latest(tmp_path, monkeypatch,
                     fail()
             original(path, write)
 
-        monkeypatch.setattr(checkpoint_module, "atomic_write", flaky)
+        monkeypatch.setattr(atomic_module, "atomic_write", flaky)
 
     with pytest.raises(WriteFailed):
         run(tmp_path)
