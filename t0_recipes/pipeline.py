@@ -157,10 +157,11 @@ def run_recipe(method: str, args: argparse.Namespace) -> dict[str, Path]:
     n_tasks = len(index) if routed and index is not None and len(index) else 1
     adapter = adapter_config_for(method, "paper" if preset.name == "paper" else "tiny", n_tasks=n_tasks)
     tensoradapt.inject(model, adapter)
+    protocol = protocol_from_args(args, preset)
     config = RecipeConfig(
         method=method, mode=args.mode, preset=preset.to_json(), model=args.model, adapter=adapter.to_dict(),
         tasks=list(args.tasks), seeds=list(args.seeds), data_dir=args.data_dir, source=args.source,
-        eval_max_rows=protocol_from_args(args, preset).eval_max_rows, task_mode=hp.task_mode,
+        eval_max_rows=protocol.eval_max_rows, task_mode=hp.task_mode,
         per_dataset_cap=args.per_dataset_cap, checkpoint_every=args.checkpoint_every, resume=args.resume,
         output_dir=str(out), mixture_tasks=sorted({e.task for e in mixture}), n_pretrain_tasks=len(index or ()),
     )
@@ -194,7 +195,6 @@ def run_recipe(method: str, args: argparse.Namespace) -> dict[str, Path]:
     adapt = FewShotAdapter(method, args.mode, preset.fewshot, accelerator=accelerator,
                            route=tensoradapt.use_routing if routed else None, trex_prior=trex_prior,
                            progress=not args.quiet)
-    protocol = protocol_from_args(args, preset)
     try:
         results = run_protocol(lambda: copy.deepcopy(model), tokenizer, protocol, adapt=adapt,
                                route=adapt.route, progress=not args.quiet)
