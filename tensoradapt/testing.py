@@ -79,6 +79,10 @@ def tiny_t5(seed: int = 0) -> nn.Module:
         pad_token_id=0,
         eos_token_id=1,
         decoder_start_token_id=0,
+        # T5 draws lm_head with std 1 (logits up to +-12 at d_model 16); half of every init std keeps
+        # the logits O(1) (std ~1),
+        # so a test's tolerance means the same on every BLAS kernel and thread count.
+        initializer_factor=0.5,
     )
     return _build(T5ForConditionalGeneration, config, seed)
 
