@@ -23,12 +23,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from t0_recipes.hub import HubUnavailableError
-from t0_recipes.losses import RouteFn
+from t0_recipes.data.hub import HubUnavailableError
+from t0_recipes.scoring.seq2seq import RouteFn
 from t0_recipes.presets import PRESETS, ModelUnavailableError, Preset, get_preset, load_model
 from t0_recipes.protocol import AdaptFn, ProtocolConfig, run_protocol
-from t0_recipes.report import build_report, write_report
-from t0_recipes.tasks import FEWSHOT_SEEDS, HELD_OUT, TASKS
+from t0_recipes.reporting.report import build_report, write_report
+from t0_recipes.data.tasks import FEWSHOT_SEEDS, HELD_OUT, TASKS
 
 __all__ = ["apply_threads", "base_parser", "preset_from_args", "protocol_from_args", "run"]
 

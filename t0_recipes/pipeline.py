@@ -8,11 +8,11 @@ Stages (each method script only names its method and calls `main`):
    offline, naming ``--model PATH`` and ``--preset tiny``) and inject the method's adapter
    (`t0_recipes.methods`) with one routing row per pre-training task;
 2. T-REX only: fit the semantic prior's centroids on the mixture and set its task-prior table;
-3. multi-task pre-training on the mixture (`t0_recipes.mixture`, `t0_recipes.pretrain`), with
+3. multi-task pre-training on the mixture (`t0_recipes.data.mixture`, `t0_recipes.training.pretrain`), with
    checkpoints under ``<output-dir>/pretrain_<method>_<preset>/`` and ``--resume``;
 4. for every held-out task and seed: a copy of the pre-trained model, a fresh task, few-shot
-   training in ``--mode`` (`t0_recipes.adapt`), rank classification (`t0_recipes.protocol`);
-5. the report (`t0_recipes.report`): ``<stem>.json``, ``.md`` and ``.png``, and the run's
+   training in ``--mode`` (`t0_recipes.training.fewshot`), rank classification (`t0_recipes.protocol`);
+5. the report (`t0_recipes.reporting.report`): ``<stem>.json``, ``.md`` and ``.png``, and the run's
    configuration ``<stem>_config.json``, in ``--output-dir``.
 
 Multi-GPU: ``accelerate launch t0_recipes/<method>.py ...``; every process trains its share of
@@ -36,9 +36,9 @@ from typing import Any
 from torch import nn
 
 from t0_recipes.cli import apply_threads, base_parser, preset_from_args, protocol_from_args
-from t0_recipes.collate import MultipleChoiceCollator
-from t0_recipes.data import TASK_MODES
-from t0_recipes.hub import P3_PER_DATASET_CAP, HubUnavailableError
+from t0_recipes.data.collate import MultipleChoiceCollator
+from t0_recipes.data.rows import TASK_MODES
+from t0_recipes.data.hub import P3_PER_DATASET_CAP, HubUnavailableError
 from t0_recipes.methods import adapter_config_for, check_mode, modes_of, routes_by_task
 from t0_recipes.presets import ModelUnavailableError, Preset, load_model
 from tensoradapt.config import METHOD_LABELS
@@ -125,12 +125,12 @@ def run_recipe(method: str, args: argparse.Namespace) -> dict[str, Path]:
     """
     import tensoradapt
 
-    from t0_recipes.adapt import FewShotAdapter
-    from t0_recipes.mixture import load_mixture
-    from t0_recipes.pretrain import pretrain
+    from t0_recipes.training.fewshot import FewShotAdapter
+    from t0_recipes.data.mixture import load_mixture
+    from t0_recipes.training.pretrain import pretrain
     from t0_recipes.protocol import run_protocol
-    from t0_recipes.report import build_report, write_report
-    from t0_recipes.training import make_accelerator
+    from t0_recipes.reporting.report import build_report, write_report
+    from t0_recipes.training.loop import make_accelerator
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     check_mode(method, args.mode)
@@ -170,7 +170,7 @@ def run_recipe(method: str, args: argparse.Namespace) -> dict[str, Path]:
     if method == "trex":
         from tensoradapt.trex import set_task_prior
 
-        from t0_recipes.trex_prior import fit_prior, task_prior_table
+        from t0_recipes.training.trex_prior import fit_prior, task_prior_table
 
         trex_prior = fit_prior(mixture, adapter.trex_n_clusters, seed=preset.seed)
         set_task_prior(model, task_prior_table(trex_prior, mixture, n_tasks))

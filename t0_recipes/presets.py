@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from t0_recipes.hub import hub_is_offline, hub_reachable
+from t0_recipes.data.hub import hub_is_offline, hub_reachable
 
 __all__ = ["PRESETS", "FewShotHParams", "ModelUnavailableError", "Preset", "PretrainHParams", "get_preset", "load_model"]
 

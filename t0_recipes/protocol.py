@@ -18,12 +18,12 @@ from typing import Any, Literal
 
 from torch import nn
 
-from t0_recipes.collate import MultipleChoiceCollator
-from t0_recipes.data import Example, TaskIndex, load_fewshot_rows, load_validation_rows, render_examples, sample_template_examples
-from t0_recipes.evaluate import evaluate_examples
-from t0_recipes.losses import RouteFn
-from t0_recipes.report import SeedResult
-from t0_recipes.tasks import FEWSHOT_SEEDS, HELD_OUT, get_task
+from t0_recipes.data.collate import MultipleChoiceCollator
+from t0_recipes.data.rows import Example, TaskIndex, load_fewshot_rows, load_validation_rows, render_examples, sample_template_examples
+from t0_recipes.scoring.rank import evaluate_examples
+from t0_recipes.scoring.seq2seq import RouteFn
+from t0_recipes.reporting.report import SeedResult
+from t0_recipes.data.tasks import FEWSHOT_SEEDS, HELD_OUT, get_task
 
 __all__ = ["AdaptFn", "ProtocolConfig", "eval_examples", "fewshot_examples", "run_protocol"]
 
@@ -40,7 +40,7 @@ class ProtocolConfig:
     Attributes:
         tasks: registry task names (default: the eleven held-out tasks).
         seeds: few-shot subset seeds (default: T-Few's five).
-        data_dir: local data folder (see `t0_recipes.data`); ``None`` with ``source="hub"``.
+        data_dir: local data folder (see `t0_recipes.data.rows`); ``None`` with ``source="hub"``.
         source: ``"local"`` (``--data-dir`` layout) or ``"hub"`` (``datasets.load_dataset``).
         train_templates: ``"random"`` (one random template per training row, T-Few) or ``"all"``.
         eval_max_rows: cap on evaluation rows per task (a seeded random subset); ``None``: all.
@@ -68,7 +68,7 @@ def _rows(config: ProtocolConfig, task: str, *, seed: int | None) -> list[dict[s
             return load_validation_rows(config.data_dir, task)
         return load_fewshot_rows(config.data_dir, task, seed)
     if config.source == "hub":
-        from t0_recipes.hub import load_hub_rows
+        from t0_recipes.data.hub import load_hub_rows
 
         entry = get_task(task)
         if seed is None:

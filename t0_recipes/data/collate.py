@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from t0_recipes.data import Example
+from t0_recipes.data.rows import Example
 
 __all__ = ["MultipleChoiceCollator", "tokenize_with_eos"]
 

@@ -2,7 +2,7 @@
 
 Two sources:
 
-* the raw held-out datasets (`t0_recipes.tasks` names the id, config and splits), rendered
+* the raw held-out datasets (`t0_recipes.data.tasks` names the id, config and splits), rendered
   afterwards with the project's templates (`t0_recipes.data.render_examples`);
 * the T0 training mixture, pre-rendered in ``bigscience/P3``: one configuration per
   (dataset, promptsource template) with ``inputs_pretokenized``, ``targets_pretokenized`` and,
@@ -25,8 +25,8 @@ from contextlib import contextmanager
 from typing import Any
 from urllib.parse import urlparse
 
-from t0_recipes.data import Example, TaskIndex
-from t0_recipes.tasks import Task, get_task
+from t0_recipes.data.rows import Example, TaskIndex
+from t0_recipes.data.tasks import Task, get_task
 
 __all__ = [
     "P3_ID",

@@ -22,10 +22,10 @@ import random
 from collections.abc import Iterable, Sequence
 from typing import Any, Literal
 
-from t0_recipes.data import Example, TaskIndex, TaskMode, list_fewshot_files, read_jsonl, render_examples
-from t0_recipes.hub import P3_PER_DATASET_CAP
-from t0_recipes.tasks import TASKS
-from t0_recipes.templates import templates_for
+from t0_recipes.data.rows import Example, TaskIndex, TaskMode, list_fewshot_files, read_jsonl, render_examples
+from t0_recipes.data.hub import P3_PER_DATASET_CAP
+from t0_recipes.data.tasks import TASKS
+from t0_recipes.data.templates import templates_for
 
 __all__ = ["cap_per_template", "load_mixture", "local_mixture", "local_mixture_tasks"]
 
@@ -112,7 +112,7 @@ def load_mixture(
     if source == "local":
         return local_mixture(data_dir, index, exclude=exclude, per_dataset_cap=per_dataset_cap), index
     if source == "hub":
-        from t0_recipes.hub import load_p3_mixture
+        from t0_recipes.data.hub import load_p3_mixture
 
         return load_p3_mixture(index, per_dataset_cap=per_dataset_cap), index
     raise ValueError(f"source={source!r} is unknown; choose 'local' or 'hub'")

@@ -6,8 +6,8 @@ Local layout (``--data-dir``), either the folder holding both parts or one of th
     <data-dir>/t0_validation/<task>/validation.jsonl            evaluation rows
 
 ``<task>`` is the registry's ``local_dir`` (``rte``, ``anli-r1``, ``h-swag``, ...). The hub
-path (``datasets.load_dataset``) lives in `t0_recipes.hub`; the tokenizing collator in
-`t0_recipes.collate`.
+path (``datasets.load_dataset``) lives in `t0_recipes.data.hub`; the tokenizing collator in
+`t0_recipes.data.collate`.
 
 Task ids: with ``task_mode="templates"`` every (dataset, template) pair is a task (T0's 313
 training tasks are its templates); with ``task_mode="datasets"`` every dataset is one task
@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from t0_recipes.tasks import TASKS, Task, get_task
-from t0_recipes.templates import Template, templates_for
+from t0_recipes.data.tasks import TASKS, Task, get_task
+from t0_recipes.data.templates import Template, templates_for
 
 __all__ = [
     "DATA_ENV",

@@ -281,7 +281,7 @@ TEMPLATES: dict[str, tuple[Template, ...]] = _build()
 
 
 def templates_for(task: str) -> tuple[Template, ...]:
-    """The templates of ``task`` (a registry name, see `t0_recipes.tasks`)."""
+    """The templates of ``task`` (a registry name, see `t0_recipes.data.tasks`)."""
     if task not in TEMPLATES:
         raise ValueError(f"task={task!r} has no templates; known: {sorted(TEMPLATES)}")
     return TEMPLATES[task]

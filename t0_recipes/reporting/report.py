@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from t0_recipes.tasks import FEWSHOT_SEEDS, HELD_OUT, PAPER_TABLE1, PAPER_TABLE1_LABELS, REFERENCE_ROW, TASKS
+from t0_recipes.data.tasks import FEWSHOT_SEEDS, HELD_OUT, PAPER_TABLE1, PAPER_TABLE1_LABELS, REFERENCE_ROW, TASKS
 
 __all__ = ["SeedResult", "build_report", "markdown_report", "plot_report", "summarize", "write_report"]
 

@@ -21,9 +21,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from t0_recipes.collate import MultipleChoiceCollator
-from t0_recipes.data import Example
-from t0_recipes.losses import RouteFn, choice_token_losses, length_normalized_scores
+from t0_recipes.data.collate import MultipleChoiceCollator
+from t0_recipes.data.rows import Example
+from t0_recipes.scoring.seq2seq import RouteFn, choice_token_losses, length_normalized_scores
 
 __all__ = ["EvalResult", "accuracy", "batches_of", "evaluate_examples", "move_batch", "predict", "rank_scores", "score_batches"]
 

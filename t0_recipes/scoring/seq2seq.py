@@ -53,6 +53,11 @@ RouteFn = Callable[..., AbstractContextManager]
 ROUTING_KEYS: tuple[str, ...] = ("task_ids", "semantic_prior")
 
 
+def _at_least_fp32(logits: torch.Tensor) -> torch.Tensor:
+    """``logits`` in float32 when they are half precision (autocast), else as they are (float64 stays)."""
+    return logits.to(torch.promote_types(logits.dtype, torch.float32))
+
+
 def _routing_inputs(batch: Mapping[str, torch.Tensor], repeat: int = 1) -> dict[str, torch.Tensor]:
     inputs = {key: batch[key] for key in ROUTING_KEYS if key in batch and batch[key] is not None}
     if repeat > 1:
@@ -91,7 +96,7 @@ def choice_token_losses(
         encoder_states: ``(b, L, d)`` from `encode_prompts`, to reuse; computed when ``None``.
 
     Returns:
-        ``(b, C, T)`` float32: ``-log p(choice token | prompt, previous tokens)``, 0 on padding
+        ``(b, C, T)`` float32 (float64 for a float64 model): ``-log p(choice token | prompt, previous tokens)``, 0 on padding
         and on missing choices.
     """
     choice_ids, choice_mask = batch["choice_ids"], batch["choice_mask"]
@@ -111,7 +116,7 @@ def choice_token_losses(
             use_cache=False,
             return_dict=True,
         ).logits  # (b C) T V
-    losses = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), reduction="none", ignore_index=-100)
+    losses = F.cross_entropy(_at_least_fp32(logits).flatten(0, 1), labels.flatten(), reduction="none", ignore_index=-100)
     return losses.view(b, n_choices, width)
 
 
@@ -261,5 +266,5 @@ def gold_lm_loss(model: nn.Module, batch: Mapping[str, torch.Tensor], *, route: 
             use_cache=False,
             return_dict=True,
         ).logits
-    losses = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), reduction="none", ignore_index=-100)
+    losses = F.cross_entropy(_at_least_fp32(logits).flatten(0, 1), labels.flatten(), reduction="none", ignore_index=-100)
     return losses.sum() / (labels != -100).sum().clamp_min(1)

@@ -23,13 +23,13 @@ from typing import Any
 
 from torch import nn
 
-from t0_recipes.collate import MultipleChoiceCollator
-from t0_recipes.data import Example
-from t0_recipes.losses import ChoiceScorer, LossWeights, RouteFn, combine_tfew
+from t0_recipes.data.collate import MultipleChoiceCollator
+from t0_recipes.data.rows import Example
+from t0_recipes.scoring.seq2seq import ChoiceScorer, LossWeights, RouteFn, combine_tfew
 from t0_recipes.methods import check_mode
-from t0_recipes.optim import OptimConfig, build_optimization
+from t0_recipes.training.optim import OptimConfig, build_optimization
 from t0_recipes.presets import FewShotHParams
-from t0_recipes.training import train
+from t0_recipes.training.loop import train
 
 __all__ = ["FewShotAdapter", "open_new_task"]
 
@@ -48,7 +48,7 @@ def open_new_task(model: nn.Module, method: str, mode: str, examples: Sequence[E
     if method == "trex":
         if trex_prior is None:
             raise ValueError("method='trex' needs trex_prior (a SemanticPrior fitted on the pre-training inputs)")
-        from t0_recipes.trex_prior import set_single_task_prior
+        from t0_recipes.training.trex_prior import set_single_task_prior
 
         set_single_task_prior(model, trex_prior, examples)
     elif tensoradapt.adapter_config(model).is_routed:

@@ -12,7 +12,7 @@ batches of a `SeededBatchSampler`, through an ``accelerate.Accelerator``:
   run sees the same examples in the same steps whatever the number of processes;
 * mixed precision: ``Accelerator(mixed_precision="bf16")`` (`make_accelerator`);
 * checkpoints every ``checkpoint_every`` steps and at the end, written atomically (see
-  `t0_recipes.run_state`): trainable weights, optimiser, scheduler, step and data position,
+  `t0_recipes.training.run_state`): trainable weights, optimiser, scheduler, step and data position,
   and every process's generators;
 * ``resume=True`` continues from the ``latest`` checkpoint: the same batches, optimiser state,
   learning rate and random streams (relaxed-Bernoulli routing noise, dropout), so a run killed
@@ -46,7 +46,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from t0_recipes.run_state import (
+from t0_recipes.training.run_state import (
     RunState,
     capture_rng_state,
     checkpoint_name,
@@ -358,7 +358,7 @@ def train(
             tensors, moved to the device by accelerate).
         batch_size: global micro-batch (all processes together; each gets ``batch_size / processes``).
         steps: total optimiser steps of the run (a resumed run continues to the same total).
-        optimizer, scheduler: built over ``model``'s parameters (`t0_recipes.optim`); the
+        optimizer, scheduler: built over ``model``'s parameters (`t0_recipes.training.optim`); the
             scheduler steps once per optimiser step.
         accelerator: an ``Accelerator`` with ``split_batches=True``; default `make_accelerator`
             with ``grad_accum``.

@@ -1,6 +1,6 @@
 """Multi-task pre-training of the adapters: task-id routed, plain LM loss, resumable checkpoints.
 
-Every example of the mixture (`t0_recipes.mixture`) trains its gold answer with the LM loss,
+Every example of the mixture (`t0_recipes.data.mixture`) trains its gold answer with the LM loss,
 routed by its task id (``model(**batch, task_ids=ids)``). The loop is `t0_recipes.training.train`:
 accelerate (DDP / bf16), Adafactor with the routing logits at ``lr_routing`` and the modules at
 ``lr_modules``, a linear schedule with warm-up, a checkpoint every ``checkpoint_every`` steps
@@ -19,11 +19,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from t0_recipes.collate import MultipleChoiceCollator
-from t0_recipes.data import Example
-from t0_recipes.optim import OptimConfig, build_optimization
+from t0_recipes.data.collate import MultipleChoiceCollator
+from t0_recipes.data.rows import Example
+from t0_recipes.training.optim import OptimConfig, build_optimization
 from t0_recipes.presets import PretrainHParams
-from t0_recipes.training import TrainResult, seq2seq_lm_loss, train
+from t0_recipes.training.loop import TrainResult, seq2seq_lm_loss, train
 
 __all__ = ["LMCollator", "Seq2SeqLM", "pretrain"]
 

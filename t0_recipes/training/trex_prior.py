@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from t0_recipes.data import Example
+from t0_recipes.data.rows import Example
 
 __all__ = ["fit_prior", "set_single_task_prior", "task_prior_table"]
 

@@ -7,8 +7,8 @@ import time
 import pytest
 import torch
 
-from t0_recipes.collate import MultipleChoiceCollator, tokenize_with_eos
-from t0_recipes.data import (
+from t0_recipes.data.collate import MultipleChoiceCollator, tokenize_with_eos
+from t0_recipes.data.rows import (
     Example,
     TaskIndex,
     fewshot_path,
@@ -19,8 +19,8 @@ from t0_recipes.data import (
     render_examples,
     sample_template_examples,
 )
-from t0_recipes.tasks import HELD_OUT, MIXTURE_TASKS, TASKS
-from t0_recipes.templates import TEMPLATES
+from t0_recipes.data.tasks import HELD_OUT, MIXTURE_TASKS, TASKS
+from t0_recipes.data.templates import TEMPLATES
 
 LOCAL_TASKS = [name for name in HELD_OUT if name != "story_cloze"] + [task.name for task in MIXTURE_TASKS]
 
@@ -141,7 +141,7 @@ def test_tokenize_with_eos_appends_eos_when_the_tokenizer_does_not(tokenizer):
 def test_hub_fails_at_once_when_offline(monkeypatch):
     import datasets
 
-    from t0_recipes import hub
+    from t0_recipes.data import hub
 
     def forbidden(*args, **kwargs):
         raise AssertionError("load_dataset must not be called offline")
@@ -158,7 +158,7 @@ def test_hub_fails_at_once_when_offline(monkeypatch):
 
 
 def test_hub_fails_fast_when_the_host_does_not_answer(monkeypatch):
-    from t0_recipes import hub
+    from t0_recipes.data import hub
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
@@ -168,7 +168,7 @@ def test_hub_fails_fast_when_the_host_does_not_answer(monkeypatch):
 
 
 def test_p3_grouping_and_examples():
-    from t0_recipes.hub import p3_example, p3_template_configs
+    from t0_recipes.data.hub import p3_example, p3_template_configs
 
     names = ["glue_mrpc_equivalent", "glue_mrpc_paraphrase", "dream_answer_to_dialogue", "super_glue_rte_x_score_eval",
              "wiki_qa_Is_This_True_", "wiki_hop_original_choose_best_object_interrogative_1"]

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from t0_recipes.data import TaskIndex, find_data_root, list_fewshot_files, load_validation_rows, read_jsonl, render_examples
-from t0_recipes.tasks import TASKS
-from t0_recipes.templates import TEMPLATES
+from t0_recipes.data.rows import TaskIndex, find_data_root, list_fewshot_files, load_validation_rows, read_jsonl, render_examples
+from t0_recipes.data.tasks import TASKS
+from t0_recipes.data.templates import TEMPLATES
 
 _ENV = os.environ.get("TENSORADAPT_T0_DATA")
 DATA = Path(_ENV) if _ENV else Path(__file__).resolve().parents[2].parent / "shared" / "data"

@@ -7,9 +7,9 @@ import torch
 from torch import nn
 from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput
 
-from t0_recipes.collate import MultipleChoiceCollator
-from t0_recipes.data import Example
-from t0_recipes.evaluate import EvalResult, accuracy, evaluate_examples, predict, rank_scores
+from t0_recipes.data.collate import MultipleChoiceCollator
+from t0_recipes.data.rows import Example
+from t0_recipes.scoring.rank import EvalResult, accuracy, evaluate_examples, predict, rank_scores
 
 
 class TokenLossModel(nn.Module):

@@ -8,11 +8,11 @@ import pytest
 import torch
 
 import tensoradapt
-from t0_recipes.collate import MultipleChoiceCollator
-from t0_recipes.losses import tfew_loss
+from t0_recipes.data.collate import MultipleChoiceCollator
+from t0_recipes.scoring.seq2seq import tfew_loss
 from t0_recipes.protocol import ProtocolConfig, eval_examples, fewshot_examples, run_protocol
-from t0_recipes.tasks import TASKS
-from t0_recipes.templates import TEMPLATES
+from t0_recipes.data.tasks import TASKS
+from t0_recipes.data.templates import TEMPLATES
 
 TASKS_HERE = ("rte", "cb")
 SEEDS = (42, 0)

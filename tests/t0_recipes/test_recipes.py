@@ -18,7 +18,7 @@ import tensoradapt
 from t0_recipes.methods import adapter_config_for, modes_of
 from t0_recipes.pipeline import main, recipe_parser
 from t0_recipes.presets import load_model
-from t0_recipes.tasks import TASKS
+from t0_recipes.data.tasks import TASKS
 
 REPO = Path(__file__).resolve().parents[2]
 METHODS = ("lora", "tlora", "poly", "mhr", "tensorpoly_i", "tensorpoly_ii", "trex")

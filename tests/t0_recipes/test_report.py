@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from t0_recipes.report import SeedResult, build_report, markdown_report, summarize, write_report
-from t0_recipes.tasks import PAPER_TABLE1
+from t0_recipes.reporting.report import SeedResult, build_report, markdown_report, summarize, write_report
+from t0_recipes.data.tasks import PAPER_TABLE1
 
 
 def _results():

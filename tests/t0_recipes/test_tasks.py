@@ -4,7 +4,7 @@ import statistics
 
 import pytest
 
-from t0_recipes.tasks import (
+from t0_recipes.data.tasks import (
     FEWSHOT_SEEDS,
     HELD_OUT,
     PAPER_TABLE1,
@@ -13,7 +13,7 @@ from t0_recipes.tasks import (
     TASKS,
     get_task,
 )
-from t0_recipes.templates import TEMPLATES
+from t0_recipes.data.templates import TEMPLATES
 
 
 def test_eleven_held_out_tasks_with_their_shot_counts():

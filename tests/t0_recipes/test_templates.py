@@ -4,8 +4,8 @@ import random
 
 import pytest
 
-from t0_recipes.tasks import TASKS
-from t0_recipes.templates import TEMPLATES, get_template, render, template_ids
+from t0_recipes.data.tasks import TASKS
+from t0_recipes.data.templates import TEMPLATES, get_template, render, template_ids
 
 CASES = [(task, template.id) for task in sorted(TEMPLATES) for template in TEMPLATES[task]]
 

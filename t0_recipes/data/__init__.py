@@ -1,0 +1,1 @@
+"""Rows, tasks, templates and the pre-training mixture: everything before a model is touched."""

@@ -1,0 +1,1 @@
+"""Medians, spreads, intervals; JSON, Markdown and PNG reports."""

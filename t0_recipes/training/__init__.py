@@ -1,0 +1,1 @@
+"""Pre-training, few-shot adaptation, the optimiser and the resumable run state."""
