@@ -1,1 +1,6 @@
-"""Rows, tasks, templates and the pre-training mixture: everything before a model is touched."""
+"""Rows, tasks, templates and the pre-training mixture: everything before a model is touched.
+
+`tasks` (registry), `prompt` + `templates` + `mixture_templates` (prompt templates), `rows`
+(local readers, task ids, `DataError`), `hub`, `mixture` (pre-training examples), `validate`
+(`check_data`: every file a run will read, checked before training), `collate` (tokenisation).
+"""

@@ -1,11 +1,13 @@
 """Rows to prompted multiple-choice examples: local readers, task ids, rendering.
 
-Local layout (``--data-dir``), either the folder holding both parts or one of them::
+Local layout (``--data-dir``), either the folder holding the parts or one of them::
 
     <data-dir>/t0_fewshot/<task>/<K>_shot/<seed>_seed.jsonl     few-shot training rows
     <data-dir>/t0_validation/<task>/validation.jsonl            evaluation rows
+    <data-dir>/t0_train/<task>/train.jsonl                      pre-training rows (mixture)
 
-``<task>`` is the registry's ``local_dir`` (``rte``, ``anli-r1``, ``h-swag``, ...). The hub
+``<task>`` is the registry's ``local_dir`` (``rte``, ``anli-r1``, ``h-swag``, ...), or its
+``train_dir`` under ``t0_train`` (``rotten_tomatoes``, ``cos_e``, ...). The hub
 path (``datasets.load_dataset``) lives in `t0_recipes.data.hub`; the tokenizing collator in
 `t0_recipes.data.collate`.
 
@@ -19,7 +21,7 @@ from __future__ import annotations
 import json
 import os
 import random
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -29,17 +31,24 @@ from t0_recipes.data.templates import Template, templates_for
 
 __all__ = [
     "DATA_ENV",
+    "DATA_LAYOUT",
+    "DataError",
     "Example",
     "TASK_MODES",
     "TaskIndex",
     "fewshot_path",
     "find_data_root",
+    "has_train_part",
+    "iter_jsonl",
     "list_fewshot_files",
+    "list_train_files",
     "load_fewshot_rows",
+    "load_train_rows",
     "load_validation_rows",
     "read_jsonl",
     "render_examples",
     "sample_template_examples",
+    "train_path",
     "validation_path",
 ]
 
@@ -49,6 +58,19 @@ TASK_MODES: tuple[str, ...] = ("templates", "datasets")
 TaskMode = Literal["templates", "datasets"]
 _FEWSHOT = "t0_fewshot"
 _VALIDATION = "t0_validation"
+_TRAIN = "t0_train"
+_PARTS = (_FEWSHOT, _VALIDATION, _TRAIN)
+#: The local layout in one line, for error messages.
+DATA_LAYOUT = (f"{_TRAIN}/<task>/train.jsonl, {_FEWSHOT}/<task>/<K>_shot/<seed>_seed.jsonl, "
+               f"{_VALIDATION}/<task>/validation.jsonl")
+
+
+class DataError(ValueError):
+    """A data file a run needs is missing or holds a row it cannot use.
+
+    The message is one line naming the place (``path:line``) and, where one is at fault, the
+    field: ``.../rte/validation.jsonl:17: field 'label': 7 is outside the 2 choices``.
+    """
 
 
 @dataclass(frozen=True)
@@ -129,10 +151,10 @@ class TaskIndex:
 
 
 def find_data_root(data_dir: str | os.PathLike | None = None) -> Path:
-    """The folder that holds ``t0_fewshot/`` and/or ``t0_validation/``.
+    """The folder that holds ``t0_fewshot/``, ``t0_validation/`` and/or ``t0_train/``.
 
     Args:
-        data_dir: that folder, or one of the two parts themselves; ``None`` reads
+        data_dir: that folder, or one of the parts themselves; ``None`` reads
             ``$TENSORADAPT_T0_DATA``.
 
     Raises:
@@ -143,24 +165,36 @@ def find_data_root(data_dir: str | os.PathLike | None = None) -> Path:
         if not data_dir:
             raise FileNotFoundError(f"no data folder: pass --data-dir or set ${DATA_ENV}")
     path = Path(data_dir).expanduser().resolve()
-    if path.name in (_FEWSHOT, _VALIDATION) and path.is_dir():
+    if path.name in _PARTS and path.is_dir():
         return path.parent
-    if (path / _FEWSHOT).is_dir() or (path / _VALIDATION).is_dir():
+    if any((path / part).is_dir() for part in _PARTS):
         return path
-    raise FileNotFoundError(f"{path} holds neither {_FEWSHOT}/ nor {_VALIDATION}/ (nor is it one of them)")
+    raise FileNotFoundError(f"{path} holds neither {_FEWSHOT}/ nor {_VALIDATION}/ nor {_TRAIN}/ "
+                            "(nor is it one of them)")
+
+
+def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(line number, row)`` for every non-blank line of a JSON-lines file.
+
+    Raises:
+        DataError: ``path:line: not JSON (...)`` or ``path:line: not a JSON object (...)``.
+    """
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise DataError(f"{path}:{number}: not JSON ({error.msg} at column {error.colno})") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{path}:{number}: not a JSON object (a {type(row).__name__})")
+            yield number, row
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """The rows of a JSON-lines file (blank lines skipped)."""
-    rows = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as error:
-                    raise ValueError(f"{path}:{number}: not JSON ({error.msg})") from None
-    return rows
+    """The rows of a JSON-lines file (blank lines skipped); a bad line raises `DataError` (``path:line``)."""
+    return [row for _, row in iter_jsonl(path)]
 
 
 def _task(task: str | Task) -> Task:
@@ -177,6 +211,26 @@ def fewshot_path(data_dir: str | os.PathLike | None, task: str | Task, seed: int
 def validation_path(data_dir: str | os.PathLike | None, task: str | Task) -> Path:
     """``<root>/t0_validation/<local_dir>/validation.jsonl``."""
     return find_data_root(data_dir) / _VALIDATION / _task(task).local_dir / "validation.jsonl"
+
+
+def train_path(data_dir: str | os.PathLike | None, task: str | Task) -> Path:
+    """``<root>/t0_train/<train_dir>/train.jsonl``.
+
+    Raises:
+        ValueError: ``task`` has no ``train_dir`` (a held-out task, boolq).
+    """
+    task = _task(task)
+    if task.train_dir is None:
+        raise ValueError(f"task {task.name!r} has no {_TRAIN} rows (its registry entry has no train_dir)")
+    return find_data_root(data_dir) / _TRAIN / task.train_dir / "train.jsonl"
+
+
+def load_train_rows(data_dir: str | os.PathLike | None, task: str | Task) -> list[dict[str, Any]]:
+    """The pre-training rows of ``task`` from ``t0_train``."""
+    path = train_path(data_dir, task)
+    if not path.is_file():
+        raise FileNotFoundError(f"no pre-training file {path} (layout: {DATA_LAYOUT})")
+    return read_jsonl(path)
 
 
 def load_fewshot_rows(
@@ -208,6 +262,21 @@ def list_fewshot_files(data_dir: str | os.PathLike | None) -> dict[str, list[Pat
         if folder.name in by_dir:
             found[by_dir[folder.name]] = sorted(folder.glob("*_shot/*_seed.jsonl"))
     return found
+
+
+def has_train_part(data_dir: str | os.PathLike | None) -> bool:
+    """Whether the data folder has a ``t0_train/`` part (then the mixture reads it, not ``t0_fewshot``)."""
+    return (find_data_root(data_dir) / _TRAIN).is_dir()
+
+
+def list_train_files(data_dir: str | os.PathLike | None) -> dict[str, Path]:
+    """Every ``t0_train/<train_dir>/train.jsonl`` present, by registry task name, in registry order."""
+    root = find_data_root(data_dir) / _TRAIN
+    return {
+        task.name: root / task.train_dir / "train.jsonl"
+        for task in TASKS.values()
+        if task.train_dir is not None and (root / task.train_dir / "train.jsonl").is_file()
+    }
 
 
 # --------------------------------------------------------------------------- rendering

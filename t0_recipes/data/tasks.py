@@ -1,8 +1,16 @@
-"""The T0 held-out tasks: where their rows live, how many shots, and the figures to compare with.
+"""The T0 tasks: where their rows live, how many shots, and the figures to compare with.
 
 The protocol is T-Few's (Liu et al., 2022), reused by the TensorPoly paper: eleven held-out
 tasks, few-shot training subsets drawn with five seeds, rank-classification accuracy on the
 evaluation split, the median over seeds per task and the mean over tasks.
+
+Three groups share one registry (`TASKS`):
+
+* `HELD_OUT_TASKS`: the eleven evaluated tasks (``t0_fewshot`` / ``t0_validation``);
+* `TRAINING_TASKS`: fifteen T0-style pre-training tasks whose rows are in
+  ``t0_train/<train_dir>/train.jsonl`` (sentiment, topic, paraphrase, multiple-choice QA);
+* `MIXTURE_TASKS`: boolq and sst2, the stand-in mixture pooled from ``t0_fewshot`` when a data
+  folder has no ``t0_train``.
 
 Everything here is data: no I/O, no model code.
 """
@@ -16,6 +24,8 @@ __all__ = [
     "HELD_OUT",
     "HELD_OUT_TASKS",
     "MIXTURE_TASKS",
+    "TRAINING",
+    "TRAINING_TASKS",
     "PAPER_TABLE1",
     "PAPER_TABLE1_LABELS",
     "REFERENCE_ROW",
@@ -35,7 +45,8 @@ class Task:
 
     Attributes:
         name: the registry key (``"rte"``, ``"anli_r1"``, ...); also the template family.
-        column: the paper's Table-1 column header (``"RTE"``, ``"ANLI1"``, ...).
+        column: the paper's Table-1 column header (``"RTE"``, ``"ANLI1"``, ...); a short display
+            name for a pre-training task.
         hub_id: dataset id for ``datasets.load_dataset``.
         hub_config: its configuration name, or ``None``.
         eval_split: the hub split the accuracy is measured on.
@@ -43,9 +54,11 @@ class Task:
         k: few-shot subset size (training examples per seed).
         n_choices: answer choices of every example of the task.
         local_dir: folder name under ``t0_fewshot/`` / ``t0_validation/``.
-        held_out: ``True`` for the eleven evaluated tasks; ``False`` for the tiny preset's
-            pre-training stand-ins (boolq, sst2).
+        held_out: ``True`` for the eleven evaluated tasks; ``False`` for pre-training tasks,
+            which never enter an evaluation and held-out ones never enter the mixture.
         note: anything a reader of the registry should know (access terms, quirks).
+        train_dir: folder under ``t0_train/`` whose ``train.jsonl`` holds the task's
+            pre-training rows; ``None`` for a task without one.
     """
 
     name: str
@@ -59,6 +72,11 @@ class Task:
     local_dir: str
     held_out: bool = True
     note: str = ""
+    train_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.held_out and self.train_dir is not None:
+            raise ValueError(f"task {self.name!r}: a held-out task cannot have train_dir={self.train_dir!r}")
 
     @property
     def local_shots_dir(self) -> str:
@@ -89,16 +107,59 @@ HELD_OUT_TASKS: tuple[Task, ...] = (
     Task("wic", "WiC", _SUPER_GLUE, "wic", "validation", "train", 32, 2, "wic"),
 )
 
-#: Stand-ins for a multi-task pre-training mixture in the tiny preset (never evaluated as
-#: held-out tasks; the paper preset pre-trains on P3's T0 mixture instead).
+_SST2 = Task("sst2", "SST-2", "nyu-mll/glue", "sst2", "validation", "train", 16, 2, "sst2", held_out=False,
+             note="T-Few's folder is '16_shot' but holds 16 rows per class (32)", train_dir="sst2")
+
+#: Stand-ins for a multi-task pre-training mixture when the data folder has no ``t0_train``
+#: (their rows are pooled from ``t0_fewshot``; never evaluated as held-out tasks).
 MIXTURE_TASKS: tuple[Task, ...] = (
     Task("boolq", "BoolQ", _SUPER_GLUE, "boolq", "validation", "train", 32, 2, "boolq", held_out=False),
-    Task("sst2", "SST-2", "nyu-mll/glue", "sst2", "validation", "train", 16, 2, "sst2", held_out=False,
-         note="T-Few's folder is '16_shot' but holds 16 rows per class (32)"),
+    _SST2,
+)
+
+
+def _training(name: str, column: str, hub_id: str, hub_config: str | None, split: str, n_choices: int,
+              note: str = "") -> Task:
+    """A ``t0_train`` task: no few-shot subsets (``k=0``), rows in ``t0_train/<name>/train.jsonl``.
+
+    ``split`` is the hub split the local rows mirror (see ``t0_train/README.md``); the hub ids
+    name the field format, the local mixture never downloads them.
+    """
+    return Task(name, column, hub_id, hub_config, split, split, 0, n_choices, name, held_out=False, note=note,
+                train_dir=name)
+
+
+#: The pre-training tasks of ``t0_train`` (T0's clusters that the data folder holds). Their
+#: ``n_choices`` is that of every row, except ARC (3 to 5 options; 4 in most rows).
+TRAINING_TASKS: tuple[Task, ...] = (
+    _training("rotten_tomatoes", "RT", "cornell-movie-review-data/rotten_tomatoes", None, "train", 2),
+    _training("imdb", "IMDB", "stanfordnlp/imdb", None, "train", 2),
+    _SST2,
+    _training("ag_news", "AG", "fancyzhx/ag_news", None, "test", 4,
+              note="the local rows are the hub's test split (the train file was too large to mirror)"),
+    _training("trec", "TREC", "CogComp/trec", None, "train", 6, note="coarse_label (6 classes) is the answer"),
+    _training("mrpc", "MRPC", "nyu-mll/glue", "mrpc", "train", 2),
+    _training("paws", "PAWS", "google-research-datasets/paws", "labeled_final", "validation", 2,
+              note="the local rows are the hub's validation split"),
+    _training("dream", "DREAM", "dataset-org/dream", None, "train", 3),
+    _training("cos_e", "CoS-E", "Salesforce/cos_e", "v1.0", "train", 3,
+              note="v1.0 (3 choices); T0 trained on v1.11 (5 choices)"),
+    _training("cosmos_qa", "CosmosQA", "allenai/cosmos_qa", None, "validation", 4,
+              note="the local rows are the hub's validation split"),
+    _training("piqa", "PIQA", "ybisk/piqa", None, "validation", 2,
+              note="the local rows are the hub's validation split"),
+    _training("arc_easy", "ARC-e", "allenai/ai2_arc", "ARC-Easy", "train", 4, note="3 to 5 choices; 4 in most rows"),
+    _training("arc_challenge", "ARC-c", "allenai/ai2_arc", "ARC-Challenge", "train", 4,
+              note="3 to 5 choices; 4 in most rows"),
+    _training("openbookqa", "OBQA", "allenai/openbookqa", "main", "train", 4),
+    _training("mc_taco", "MC-TACO", "CogComp/mc_taco", None, "validation", 2,
+              note="no train split on the hub; the local rows are its validation split"),
 )
 
 #: Every task by name.
-TASKS: dict[str, Task] = {task.name: task for task in HELD_OUT_TASKS + MIXTURE_TASKS}
+TASKS: dict[str, Task] = {task.name: task for task in HELD_OUT_TASKS + TRAINING_TASKS + MIXTURE_TASKS}
+#: The pre-training task names of ``t0_train``, in registry order.
+TRAINING: tuple[str, ...] = tuple(task.name for task in TRAINING_TASKS)
 #: The eleven held-out task names, in the paper's Table-1 column order.
 HELD_OUT: tuple[str, ...] = tuple(task.name for task in HELD_OUT_TASKS)
 #: Table-1 column headers, in order (the mean column ``"ACC"`` comes last).
@@ -106,11 +167,11 @@ TABLE1_COLUMNS: tuple[str, ...] = tuple(task.column for task in HELD_OUT_TASKS)
 
 
 def get_task(name: str) -> Task:
-    """The registry entry for ``name``; accepts the local folder names too (``"h-swag"``)."""
+    """The registry entry for ``name``; accepts the local folder names too (``"h-swag"``, ``"anli-r1"``)."""
     if name in TASKS:
         return TASKS[name]
     for task in TASKS.values():
-        if task.local_dir == name or task.column.lower() == name.lower():
+        if name in (task.local_dir, task.train_dir) or task.column.lower() == name.lower():
             return task
     raise ValueError(f"task={name!r} is unknown; choose one of {sorted(TASKS)}")
 

@@ -21,86 +21,42 @@ wic            word, sentence1, sentence2, label (1: same sense)            2
 boolq          question, passage, label (1: yes)                            2
 sst2           sentence, label (1: positive)                                2
 =============  ===========================================================  =======
+
+The fifteen pre-training tasks of ``t0_train`` (sentiment, topic, paraphrase, multiple-choice
+QA) have their templates in `t0_recipes.data.mixture_templates`; they are registered here, so
+`templates_for` answers for every registry task.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
-__all__ = ["Rendered", "TEMPLATES", "Template", "get_template", "render", "template_ids", "templates_for"]
+from t0_recipes.data.mixture_templates import TRAINING_FAMILIES
+from t0_recipes.data.prompt import Rendered, Template, TemplateError
+from t0_recipes.data.prompt import label_of as _label
+from t0_recipes.data.prompt import lower_first as _lower_first
+from t0_recipes.data.prompt import strip_end as _strip_end
 
-
-class Rendered(NamedTuple):
-    """One prompted example: ``choices[gold]`` is the right answer."""
-
-    input_text: str
-    choices: list[str]
-    gold: int
-
-
-@dataclass(frozen=True)
-class Template:
-    """A named prompt for one task.
-
-    Attributes:
-        id: ``"<task>/<name>"``; the task id of the template under templates-as-tasks.
-        task: the task (registry name) whose rows it reads.
-        render_fn: ``row -> Rendered``.
-    """
-
-    id: str
-    task: str
-    render_fn: Callable[[Mapping[str, Any]], Rendered]
-
-    def __call__(self, row: Mapping[str, Any]) -> Rendered:
-        """Render ``row``; raises ``ValueError`` naming the template when the row has no usable label."""
-        try:
-            rendered = self.render_fn(row)
-        except KeyError as error:
-            raise ValueError(f"template {self.id!r}: row has no field {error.args[0]!r}; fields: {sorted(row)}") from None
-        if not 0 <= rendered.gold < len(rendered.choices):
-            raise ValueError(
-                f"template {self.id!r}: gold index {rendered.gold} outside the {len(rendered.choices)} choices "
-                "(an unlabelled row, e.g. a hub test split?)"
-            )
-        return rendered
-
+__all__ = [
+    "Rendered",
+    "TEMPLATES",
+    "Template",
+    "TemplateError",
+    "get_template",
+    "render",
+    "template_ids",
+    "templates_for",
+]
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _label(row: Mapping[str, Any], field: str = "label") -> int:
-    """The integer label of ``row`` (hub labels may be ints or digit strings; ``-1``/``""`` = none)."""
-    value = row[field]
-    if isinstance(value, str):
-        value = value.strip()
-        return int(value) if value.lstrip("-").isdigit() else -1
-    if value is None:
-        return -1
-    return int(value)
-
-
-def _strip_end(text: str) -> str:
-    """``text`` without its trailing whitespace and final full stop."""
-    text = text.strip()
-    return text[:-1] if text.endswith(".") else text
-
-
-def _lower_first(text: str) -> str:
-    """``text`` with its first letter lower-cased, unless it starts a proper-looking word (``I``, ``I'm``)."""
-    text = text.strip()
-    if not text or text.split(" ", 1)[0] in {"I", "I'm", "I'd", "I've", "I'll"}:
-        return text
-    return text[0].lower() + text[1:]
 
 
 def _winogrande_gold(row: Mapping[str, Any]) -> int:
     """Hub Winogrande stores ``answer`` as ``"1"``/``"2"``; T-Few's copies also carry ``label`` 0/1."""
     answer = row.get("answer")
     if answer not in (None, ""):
-        return int(answer) - 1
+        return _label(row, "answer") - 1
     return _label(row)
 
 
@@ -254,6 +210,10 @@ def _sst2_liked(row):
     return Rendered(f'Review: {row["sentence"].strip()}\nDid the reviewer like the movie?', ["No", "Yes"], _label(row))
 
 
+#: The field each held-out family's gold index comes from, where it is not ``"label"``.
+_LABEL_FIELDS = {"winogrande": "answer", "story_cloze": "answer_right_ending"}
+
+
 def _build() -> dict[str, tuple[Template, ...]]:
     families: dict[str, dict[str, Callable[[Mapping[str, Any]], Rendered]]] = {
         "rte": {"does_it_follow": _rte_follow, "claim_backed": _rte_claim, "is_it_certain": _rte_guaranteed},
@@ -270,9 +230,10 @@ def _build() -> dict[str, tuple[Template, ...]]:
         "boolq": {"question": _boolq_question, "after_reading": _boolq_after_reading},
         "sst2": {"feeling": _sst2_feeling, "liked_it": _sst2_liked},
     }
+    labelled = {task: (_LABEL_FIELDS.get(task, "label"), renderers) for task, renderers in families.items()}
     return {
-        task: tuple(Template(f"{task}/{name}", task, fn) for name, fn in renderers.items())
-        for task, renderers in families.items()
+        task: tuple(Template(f"{task}/{name}", task, fn, label_field) for name, fn in renderers.items())
+        for task, (label_field, renderers) in (labelled | TRAINING_FAMILIES).items()
     }
 
 

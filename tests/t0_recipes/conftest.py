@@ -54,6 +54,17 @@ def _sentence(rng, n: int = 6) -> str:
     return " ".join(rng.choice(_WORDS) for _ in range(n)).capitalize() + "."
 
 
+def _distinct(rng, count: int, n: int = 4) -> list[str]:
+    """``count`` made-up answers, all different."""
+    answers: list[str] = []
+    while len(answers) < count:
+        answer = " ".join(rng.choice(_WORDS) for _ in range(n))
+        if answer not in answers:
+            answers.append(answer)
+    return answers
+
+
+
 def synthetic_row(task: str, rng, label: int) -> dict:
     """One made-up row of ``task`` whose gold answer index is ``label``."""
     s = lambda n=6: _sentence(rng, n)  # noqa: E731
@@ -86,6 +97,46 @@ def synthetic_row(task: str, rng, label: int) -> dict:
         return {"question": "is the river quiet", "passage": s(20), "label": label, "idx": 0}
     if task == "sst2":
         return {"sentence": s(7), "label": label, "idx": 0}
+    return _training_row(task, rng, label, s)
+
+
+def _training_row(task: str, rng, label: int, s) -> dict:
+    """A made-up ``t0_train`` row of ``task`` (its hub field format) whose gold answer index is ``label``."""
+    if task == "rotten_tomatoes":
+        return {"text": s(9).lower(), "label": label}
+    if task == "imdb":  # long, with the hub's line-break tags
+        return {"text": "<br /><br />".join(s(40) for _ in range(6)), "label": label}
+    if task == "ag_news":
+        return {"text": f"{s(4)} {s(15)}", "label": label}
+    if task == "trec":
+        return {"text": f"What {s(5).lower()[:-1]} ?", "coarse_label": label, "fine_label": 7 * label}
+    if task == "mrpc":
+        return {"sentence1": s(10), "sentence2": s(9), "label": label, "idx": rng.randrange(4000)}
+    if task == "paws":
+        return {"id": rng.randrange(8000), "sentence1": s(10), "sentence2": s(10), "label": label}
+    if task == "dream":
+        choices = _distinct(rng, 3)
+        turns = [f"{speaker}: {s(rng.randrange(4, 60))}" for speaker in "MWMWMW"]
+        return {"id": 0, "dialogue_id": "1-1", "dialogue": turns, "question": f"What {s(4).lower()[:-1]}?",
+                "choice": choices, "answer": choices[label]}
+    if task == "cos_e":
+        choices = _distinct(rng, 3, 2)
+        return {"id": "x", "question": f"Where {s(6).lower()[:-1]}?", "choices": choices, "answer": choices[label],
+                "abstractive_explanation": s(), "extractive_explanation": s(3)}
+    if task == "cosmos_qa":
+        answers = _distinct(rng, 4, 6)
+        return {"id": "c", "context": " ".join(s(12) for _ in range(20)), "question": f"Why {s(5).lower()[:-1]} ?",
+                **{f"answer{i}": answer for i, answer in enumerate(answers)}, "label": label}
+    if task == "piqa":
+        sol1, sol2 = _distinct(rng, 2, 8)
+        return {"goal": s(5), "sol1": sol1, "sol2": sol2, "label": label}
+    if task in ("arc_easy", "arc_challenge", "openbookqa"):
+        keys = list("ABCD") if task == "openbookqa" or rng.random() < 0.7 else list("1234")  # ARC uses both
+        row = {"id": "q-1", "choices": {"text": _distinct(rng, 4, 3), "label": keys}, "answerKey": keys[label]}
+        return row | ({"question_stem": s(8).lower()[:-1]} if task == "openbookqa" else {"question": f"{s(9)[:-1]}?"})
+    if task == "mc_taco":
+        return {"sentence": s(12), "question": f"How long {s(4).lower()[:-1]}?", "answer": s(3).lower()[:-1],
+                "label": label, "category": rng.randrange(5)}
     raise ValueError(task)
 
 

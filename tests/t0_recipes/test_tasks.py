@@ -1,5 +1,6 @@
-"""The held-out task registry against the protocol (PAPER_FACTS section 4) and the paper's Table 1."""
+"""The task registry (held-out and pre-training tasks) against the protocol (PAPER_FACTS section 4) and Table 1."""
 
+import dataclasses
 import statistics
 
 import pytest
@@ -7,10 +8,13 @@ import pytest
 from t0_recipes.data.tasks import (
     FEWSHOT_SEEDS,
     HELD_OUT,
+    MIXTURE_TASKS,
     PAPER_TABLE1,
     PAPER_TABLE1_LABELS,
     REFERENCE_ROW,
     TASKS,
+    TRAINING,
+    TRAINING_TASKS,
     get_task,
 )
 from t0_recipes.data.templates import TEMPLATES
@@ -56,3 +60,33 @@ def test_reference_row_is_t0_3b_ia3():
     assert (reference["copa"], reference["hellaswag"], reference["story_cloze"]) == (87.0, 49.4, 94.7)
     assert (reference["anli_r1"], reference["anli_r2"], reference["anli_r3"]) == (48.6, 40.8, 40.8)
     assert PAPER_TABLE1["tensorpoly_i"]["mean"] == 69.3
+
+
+#: The pre-training tasks of ``t0_train`` and their choices per row (the t0_train README; ARC: most rows).
+TRAINING_CHOICES = {"rotten_tomatoes": 2, "imdb": 2, "sst2": 2, "ag_news": 4, "trec": 6, "mrpc": 2, "paws": 2,
+                    "dream": 3, "cos_e": 3, "cosmos_qa": 4, "piqa": 2, "arc_easy": 4, "arc_challenge": 4,
+                    "openbookqa": 4, "mc_taco": 2}
+
+
+def test_fifteen_training_tasks_are_pretraining_only_with_templates():
+    assert set(TRAINING) == set(TRAINING_CHOICES) and len(TRAINING) == 15
+    for task in TRAINING_TASKS:
+        assert not task.held_out and task.train_dir == task.name, task.name
+        assert task.n_choices == TRAINING_CHOICES[task.name], task.name
+        assert TASKS[task.name] is task
+    assert {task.name for task in MIXTURE_TASKS} == {"boolq", "sst2"} and TASKS["boolq"].train_dir is None
+    for name in TASKS:  # held-out, training and stand-in tasks alike
+        assert len(TEMPLATES[name]) >= 2, name
+    with pytest.raises(ValueError, match="held-out"):
+        dataclasses.replace(TASKS["rte"], train_dir="rte")
+
+
+def test_registry_names_map_to_the_data_folders():
+    folders = {"rte": "rte", "cb": "cb", "anli_r1": "anli-r1", "anli_r2": "anli-r2", "anli_r3": "anli-r3",
+               "copa": "copa", "hellaswag": "h-swag", "story_cloze": "story_cloze", "wsc": "wsc",
+               "winogrande": "winogrande", "wic": "wic"}
+    assert {name: TASKS[name].local_dir for name in HELD_OUT} == folders
+    for name, folder in folders.items():
+        assert get_task(folder).name == name
+        assert TASKS[name].train_dir is None
+    assert get_task("cos_e").train_dir == "cos_e" and get_task("arc_challenge").hub_config == "ARC-Challenge"
