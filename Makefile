@@ -6,7 +6,10 @@ TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test test-slow docs bench clean
+# Real task rows for the MiniLM proxy (t0_train/, t0_fewshot/, t0_validation/).
+DATA ?= ../shared/data
+
+.PHONY: venv demo test test-slow docs bench proxy proxy-one clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +38,15 @@ bench: $(STAMP)
 	$(PY) benchmarks/step_time.py --json benchmarks/results/step_time.json
 	$(PY) benchmarks/inference.py --json benchmarks/results/inference.json
 	$(PY) benchmarks/scaling.py --json benchmarks/results/scaling.json
+
+# The real-model proxy of the T0 protocol: all seven methods, pre-trained, zero-shot, 32-shot with
+# 5 seeds and without pre-training, on all-MiniLM-L6-v2 (about 2 hours on 2 CPU cores).
+proxy: $(STAMP)
+	$(PY) benchmarks/t0_proxy.py --data-dir $(DATA)
+
+# One method of the proxy (under 20 minutes): make proxy-one METHOD=tensorpoly_i
+proxy-one: $(STAMP)
+	$(PY) benchmarks/t0_proxy.py --data-dir $(DATA) --methods $(METHOD) --out runs/t0_proxy_$(METHOD)
 
 clean:
 	rm -rf $(VENV) site .pytest_cache .hypothesis

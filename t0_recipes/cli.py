@@ -39,7 +39,8 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     """The arguments every T0 recipe script accepts."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--preset", choices=sorted(PRESETS), default="paper",
-                        help="'paper': T0-3B and the paper's hyper-parameters; 'tiny': a random-init toy T5 on CPU")
+                        help="'paper': T0-3B and the paper's hyper-parameters; 'minilm': a pretrained encoder as a "
+                             "cross-encoder on CPU (the proxy that can fail); 'tiny': a random-init toy T5 on CPU")
     parser.add_argument("--model", metavar="PATH", default=None, help="local checkpoint folder overriding the preset's model")
     parser.add_argument("--data-dir", default=None,
                         help="folder with t0_fewshot/ and t0_validation/ (or one of them); default $TENSORADAPT_T0_DATA")
@@ -84,6 +85,7 @@ def protocol_from_args(args: argparse.Namespace, preset: Preset) -> ProtocolConf
         source=args.source,
         eval_max_rows=args.eval_max_rows if args.eval_max_rows is not None else preset.fewshot.eval_max_examples,
         eval_batch_size=preset.fewshot.eval_batch_size,
+        eval_templates=preset.fewshot.eval_templates,
         max_length=preset.fewshot.max_length,
     )
 

@@ -1,4 +1,4 @@
-"""The adapter of every recipe: the paper's settings on T0-3B and a scaled-down copy for the tiny preset.
+"""The adapter of every recipe: the paper's settings on T0-3B, the MiniLM proxy's, and a scaled-down copy for the tiny preset.
 
 Paper settings (PAPER_FACTS sections 2-5): LoRA rank 1 for LoRA / Poly / MHR, rank 16 for the
 TLoRA-based methods; 8 skills for Poly / MHR and 64 MHR heads; TensorPoly-I / -II at tensor
@@ -17,7 +17,7 @@ from typing import Any
 
 from tensoradapt import METHODS, TRAINING_MODES, AdapterConfig
 
-__all__ = ["adapter_config_for", "check_mode", "modes_of", "routes_by_task"]
+__all__ = ["ADAPTER_SIZES", "adapter_config_for", "check_mode", "modes_of", "routes_by_task"]
 
 
 _ROUTED = {"routing_noise": "none"}
@@ -39,7 +39,19 @@ _TINY: dict[str, dict[str, Any]] = {
     "tensorpoly_ii": {"lora_rank": 4, "tensor_rank": 4, "order": 2, **_ROUTED},
     "trex": {"trex_down": 2, "trex_up": 4, "trex_n_clusters": 4},
 }
-_SIZES = {"paper": _PAPER, "tiny": _TINY}
+#: The MiniLM proxy (hidden 384, FFN 1536): the sizes of the issue that found the dead defaults
+#: (LoRA rank 8, R 8, N 2, 8 skills), every method at one LoRA rank so the comparison is fair.
+_MINILM: dict[str, dict[str, Any]] = {
+    "lora": {"lora_rank": 8},
+    "tlora": {"lora_rank": 8, "tensor_rank": 8, "order": 2},
+    "poly": {"lora_rank": 8, "n_skills": 8, **_ROUTED},
+    "mhr": {"lora_rank": 8, "n_skills": 8, "n_heads": 8, **_ROUTED},  # 8 divides 384 and 1536
+    "tensorpoly_i": {"lora_rank": 8, "tensor_rank": 8, "order": 2, **_ROUTED},
+    "tensorpoly_ii": {"lora_rank": 8, "tensor_rank": 8, "order": 2, **_ROUTED},
+    "trex": {"trex_down": 4, "trex_up": 8, "trex_n_clusters": 16},
+}
+#: Adapter sizes per preset name.
+ADAPTER_SIZES: dict[str, dict[str, dict[str, Any]]] = {"paper": _PAPER, "minilm": _MINILM, "tiny": _TINY}
 
 
 def routes_by_task(method: str) -> bool:
@@ -65,14 +77,15 @@ def adapter_config_for(method: str, preset: str, *, n_tasks: int = 1, **override
 
     Args:
         method: one of `tensoradapt.METHODS`.
-        preset: ``"paper"`` (T0-3B settings) or ``"tiny"`` (the same structure, smaller).
+        preset: ``"paper"`` (T0-3B settings), ``"minilm"`` (the CPU proxy) or ``"tiny"`` (the
+            same structure, smaller).
         n_tasks: rows of the task routing (pre-training tasks) / of the T-REX task prior.
         overrides: any other `AdapterConfig` field.
     """
     _check_method(method)
-    if preset not in _SIZES:
-        raise ValueError(f"preset={preset!r} has no adapter sizes; choose one of {sorted(_SIZES)}")
-    return AdapterConfig(method=method, n_tasks=n_tasks, **{**_SIZES[preset][method], **overrides})
+    if preset not in ADAPTER_SIZES:
+        raise ValueError(f"preset={preset!r} has no adapter sizes; choose one of {sorted(ADAPTER_SIZES)}")
+    return AdapterConfig(method=method, n_tasks=n_tasks, **{**ADAPTER_SIZES[preset][method], **overrides})
 
 
 def _check_method(method: str) -> None:

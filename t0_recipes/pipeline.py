@@ -23,29 +23,38 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
 import dataclasses
 import json
 import logging
-import sys
 import time
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from t0_recipes.cli import apply_threads, base_parser, preset_from_args, protocol_from_args
-from t0_recipes.data.collate import MultipleChoiceCollator
 from t0_recipes.data.rows import TASK_MODES
 from t0_recipes.data.hub import P3_PER_DATASET_CAP, HubUnavailableError
-from t0_recipes.methods import adapter_config_for, check_mode, modes_of, routes_by_task
+from t0_recipes.data.validate import DataError, check_data
+from t0_recipes.methods import ADAPTER_SIZES, adapter_config_for, check_mode, modes_of, routes_by_task
+from t0_recipes.reporting.report import write_run_record
+from t0_recipes.run_dir import OutputDirError, claim_output_dir
+from t0_recipes.scoring.scorers import get_scorer
+from tensoradapt.atomic import atomic_write
 from t0_recipes.presets import ModelUnavailableError, Preset, load_model
 from tensoradapt.config import METHOD_LABELS
 
 __all__ = ["RecipeConfig", "main", "recipe_parser", "run_recipe"]
 
 logger = logging.getLogger(__name__)
+
+#: Errors a user can fix from the command line: reported as one line (``--debug``: the traceback).
+RECIPE_ERRORS = (OutputDirError, DataError, ModelUnavailableError, HubUnavailableError, FileNotFoundError, ValueError)
 
 
 @dataclass
@@ -103,6 +112,12 @@ def recipe_parser(method: str) -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint-every", type=int, default=None, help="pre-training steps between checkpoints")
     parser.add_argument("--resume", action="store_true", help="continue pre-training from the latest checkpoint")
     parser.add_argument("--cpu", action="store_true", help="stay on the CPU even where a GPU is visible")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="delete what --output-dir holds before the run (default: refuse a non-empty folder)")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error, not just its one line")
+    parser.add_argument("--zero-shot", action="store_true",
+                        help="also evaluate every held-out task before few-shot training (a fresh routing row: "
+                             "the skills averaged; T-REX: the prior of the seed's unlabelled inputs), first seed only")
     return parser
 
 
@@ -121,7 +136,8 @@ def _preset(args: argparse.Namespace) -> Preset:
 def run_recipe(method: str, args: argparse.Namespace) -> dict[str, Path]:
     """Run every stage (module docstring) for ``method``; returns the written files by kind.
 
-    Exits with a one-line message when the model or the data cannot be had.
+    Raises:
+        One of `RECIPE_ERRORS` when the model or the data cannot be had (`main` prints its line).
     """
     import tensoradapt
 
@@ -137,26 +153,29 @@ def run_recipe(method: str, args: argparse.Namespace) -> dict[str, Path]:
     start = time.perf_counter()
     preset = _preset(args)
     apply_threads(preset)
-    try:
-        model, tokenizer = load_model(preset, args.model)
-    except ModelUnavailableError as error:
-        sys.exit(str(error))
+    hp = preset.pretrain
+    if args.source == "local":  # every file the run will read, read and rendered before anything trains
+        pretrains = hp.steps > 0 or method == "trex"
+        checked = check_data(args.data_dir, mixture_tasks=None if pretrains else (), eval_tasks=args.tasks,
+                             seeds=args.seeds, missing="skip")
+        logger.info("data: %s", checked.summary())
+    model, tokenizer = load_model(preset, args.model)
     out = Path(args.output_dir)
     stem = f"{method}_{preset.name}" if args.mode == "full" else f"{method}_{args.mode}_{preset.name}"
     routed = routes_by_task(method)
-    hp = preset.pretrain
 
     mixture, index = [], None
     if hp.steps > 0 or method == "trex":
-        try:
-            mixture, index = load_mixture(
-                args.source, args.data_dir, task_mode=hp.task_mode, exclude=args.tasks, per_dataset_cap=args.per_dataset_cap
-            )
-        except (HubUnavailableError, FileNotFoundError) as error:
-            sys.exit(str(error))
+        mixture, index = load_mixture(
+            args.source, args.data_dir, task_mode=hp.task_mode, exclude=args.tasks, per_dataset_cap=args.per_dataset_cap,
+            max_rows_per_task=hp.max_rows_per_task, seed=preset.seed,
+        )
     n_tasks = len(index) if routed and index is not None and len(index) else 1
-    adapter = adapter_config_for(method, "paper" if preset.name == "paper" else "tiny", n_tasks=n_tasks)
-    tensoradapt.inject(model, adapter)
+    adapter = adapter_config_for(method, preset.name if preset.name in ADAPTER_SIZES else "tiny", n_tasks=n_tasks)
+    with torch.random.fork_rng(devices=[]):  # the adapter's init comes from the run's seed, nothing else
+        torch.manual_seed(preset.seed)
+        tensoradapt.inject(model, adapter)
+    scorer = get_scorer(preset.scorer)
     protocol = protocol_from_args(args, preset)
     config = RecipeConfig(
         method=method, mode=args.mode, preset=preset.to_json(), model=args.model, adapter=adapter.to_dict(),
@@ -176,11 +195,11 @@ def run_recipe(method: str, args: argparse.Namespace) -> dict[str, Path]:
         set_task_prior(model, task_prior_table(trex_prior, mixture, n_tasks))
 
     accelerator = make_accelerator(mixed_precision=preset.fewshot.precision, cpu=args.cpu)
-    collator = MultipleChoiceCollator(tokenizer, max_length=hp.max_length, max_choice_length=hp.max_length)
+    collator = scorer.collator(tokenizer, hp.max_length)
     pretrain_info: dict[str, Any] = {"steps": hp.steps, "examples": len(mixture), "tasks": len(index or ())}
     if hp.steps > 0:
         result = pretrain(
-            model, mixture, collator, hp, accelerator=accelerator, with_task_ids=routed,
+            model, mixture, collator, hp, accelerator=accelerator, with_task_ids=routed, scorer=scorer,
             output_dir=out / f"pretrain_{method}_{preset.name}", checkpoint_every=args.checkpoint_every,
             resume=args.resume, seed=preset.seed, progress=not args.quiet,
         )
@@ -194,12 +213,14 @@ def run_recipe(method: str, args: argparse.Namespace) -> dict[str, Path]:
 
     adapt = FewShotAdapter(method, args.mode, preset.fewshot, accelerator=accelerator,
                            route=tensoradapt.use_routing if routed else None, trex_prior=trex_prior,
-                           progress=not args.quiet)
-    try:
-        results = run_protocol(lambda: copy.deepcopy(model), tokenizer, protocol, adapt=adapt,
-                               route=adapt.route, progress=not args.quiet)
-    except (HubUnavailableError, FileNotFoundError) as error:
-        sys.exit(str(error))
+                           scorer=scorer, progress=not args.quiet)
+    zero_shot_results = None
+    if args.zero_shot:
+        zero_shot = dataclasses.replace(protocol, seeds=list(protocol.seeds)[:1], skipped={})
+        zero_shot_results = run_protocol(lambda: copy.deepcopy(model), tokenizer, zero_shot, adapt=adapt.open_only,
+                                         route=adapt.route, scorer=scorer, progress=not args.quiet)
+    results = run_protocol(lambda: copy.deepcopy(model), tokenizer, protocol, adapt=adapt,
+                           route=adapt.route, scorer=scorer, progress=not args.quiet)
     if not accelerator.is_main_process:
         return {}
     report = build_report(
@@ -211,7 +232,14 @@ def run_recipe(method: str, args: argparse.Namespace) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     paths = write_report(report, out, stem=stem)
     paths["config"] = out / f"{stem}_config.json"
-    paths["config"].write_text(config.to_json(), encoding="utf-8")
+    atomic_write(paths["config"], lambda temporary: Path(temporary).write_text(config.to_json(), encoding="utf-8"))
+    variant = "fewshot" if hp.steps > 0 else "no_pretrain"
+    paths["run"] = write_run_record(out / f"{stem}.run.json", method=method, variant=variant, mode=args.mode,
+                                    results=results, wall_time_s=report["wall_time_s"], config=asdict(config))
+    if zero_shot_results is not None:
+        paths["zero_shot_run"] = write_run_record(
+            out / f"{stem}_zeroshot.run.json", method=method, variant="zeroshot" if hp.steps > 0 else "no_pretrain_zeroshot",
+            mode=args.mode, results=zero_shot_results, wall_time_s=None, config=asdict(config))
     _log_summary(report, paths)
     return paths
 
@@ -255,4 +283,13 @@ def main(method: str, argv: Sequence[str] | None = None) -> dict[str, Path]:
             parser.error(f"--{name.replace('_', '-')} {value} is too small: pre-training takes >= 0 steps, few-shot >= 1")
     if args.checkpoint_every is not None and args.checkpoint_every < 1:
         parser.error(f"--checkpoint-every {args.checkpoint_every} must be at least 1")
-    return run_recipe(method, args)
+    # Under `accelerate launch` every process runs this; the main one (RANK 0) holds the folder.
+    main_process = int(os.environ.get("RANK", "0")) == 0
+    try:
+        with claim_output_dir(args.output_dir, resume=args.resume, overwrite=args.overwrite) if main_process \
+                else nullcontext():
+            return run_recipe(method, args)
+    except RECIPE_ERRORS as error:
+        if args.debug:
+            raise
+        parser.exit(2, f"{parser.prog}: error: {error}\n")

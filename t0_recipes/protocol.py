@@ -18,19 +18,26 @@ from typing import Any, Literal
 
 from torch import nn
 
-from t0_recipes.data.collate import MultipleChoiceCollator
-from t0_recipes.data.rows import Example, TaskIndex, load_fewshot_rows, load_validation_rows, render_examples, sample_template_examples
-from t0_recipes.scoring.rank import evaluate_examples
-from t0_recipes.scoring.seq2seq import RouteFn
-from t0_recipes.reporting.report import SeedResult
+from t0_recipes.data.rows import (
+    Example,
+    TaskIndex,
+    load_fewshot_rows,
+    load_validation_rows,
+    render_examples,
+    sample_template_examples,
+)
 from t0_recipes.data.tasks import FEWSHOT_SEEDS, HELD_OUT, get_task
+from t0_recipes.reporting.report import SeedResult
+from t0_recipes.scoring.rank import evaluate_examples
+from t0_recipes.scoring.scorers import Scorer, Seq2SeqScorer
+from t0_recipes.scoring.seq2seq import RouteFn
 
 __all__ = ["AdaptFn", "ProtocolConfig", "eval_examples", "fewshot_examples", "run_protocol"]
 
 logger = logging.getLogger(__name__)
 
 #: ``adapt(model, train_examples, collator, seed) -> model`` (the adapted model to evaluate).
-AdaptFn = Callable[[nn.Module, list[Example], MultipleChoiceCollator, int], nn.Module]
+AdaptFn = Callable[[nn.Module, list[Example], Callable[[Sequence[Example]], dict], int], nn.Module]
 
 
 @dataclass
@@ -43,6 +50,8 @@ class ProtocolConfig:
         data_dir: local data folder (see `t0_recipes.data.rows`); ``None`` with ``source="hub"``.
         source: ``"local"`` (``--data-dir`` layout) or ``"hub"`` (``datasets.load_dataset``).
         train_templates: ``"random"`` (one random template per training row, T-Few) or ``"all"``.
+        eval_templates: ``"all"`` (every evaluation row with every template, T0) or ``"random"``
+            (one template per row, seed 0: the same examples for every method and seed).
         eval_max_rows: cap on evaluation rows per task (a seeded random subset); ``None``: all.
         eval_batch_size: examples per rank-classification batch.
         max_length: token cap of prompts and choices.
@@ -54,6 +63,7 @@ class ProtocolConfig:
     data_dir: str | None = None
     source: Literal["local", "hub"] = "local"
     train_templates: Literal["random", "all"] = "random"
+    eval_templates: Literal["all", "random"] = "all"
     eval_max_rows: int | None = None
     eval_batch_size: int = 32
     max_length: int = 256
@@ -96,6 +106,8 @@ def eval_examples(config: ProtocolConfig, task: str) -> list[Example]:
     rows = _rows(config, task, seed=None)
     if config.eval_max_rows is not None and len(rows) > config.eval_max_rows:
         rows = random.Random(0).sample(rows, config.eval_max_rows)
+    if config.eval_templates == "random":
+        return sample_template_examples(rows, task, index=TaskIndex("datasets"), rng=random.Random(0))
     return render_examples(rows, task, index=TaskIndex("datasets"))
 
 
@@ -106,6 +118,7 @@ def run_protocol(
     *,
     adapt: AdaptFn | None = None,
     route: RouteFn | None = None,
+    scorer: Scorer | None = None,
     progress: bool = True,
 ) -> list[SeedResult]:
     """Every (task, seed): a fresh ``make_model()``, ``adapt`` on the seed's rows, rank classification.
@@ -117,11 +130,13 @@ def run_protocol(
         adapt: see `AdaptFn`; ``None`` evaluates the model as it is (zero-shot: once per task,
             the result shared by every seed).
         route: routing context for evaluation of routed models (task id 0 after a reset).
+        scorer: the model family's scorer (collation and rank scores); default seq2seq.
 
     Returns:
         One `SeedResult` per evaluated (task, seed); skipped tasks land in ``config.skipped``.
     """
-    collator = MultipleChoiceCollator(tokenizer, max_length=config.max_length, max_choice_length=config.max_length)
+    scorer = scorer if scorer is not None else Seq2SeqScorer()
+    collator = scorer.collator(tokenizer, config.max_length)
     results: list[SeedResult] = []
     for task in config.tasks:
         try:
@@ -154,11 +169,13 @@ def run_protocol(
                     collator,
                     batch_size=config.eval_batch_size,
                     route=route,
+                    rank_fn=scorer.rank_scores,
                     desc=f"{task} seed {seed}",
                     progress=progress,
                 )
                 if adapt is None:
                     zero_shot = result
             logger.info("%s seed %d: accuracy %.4f on %d examples", task, seed, result.accuracy, result.n)
-            results.append(SeedResult(task, seed, result.accuracy, result.n, result.by_template, len(train) or None))
+            correct = [int(p == g) for p, g in zip(result.predictions, result.golds)]
+            results.append(SeedResult(task, seed, result.accuracy, result.n, result.by_template, len(train) or None, correct))
     return results

@@ -16,8 +16,17 @@ from pathlib import Path
 from typing import Any
 
 from t0_recipes.data.tasks import FEWSHOT_SEEDS, HELD_OUT, PAPER_TABLE1, PAPER_TABLE1_LABELS, REFERENCE_ROW, TASKS
+from tensoradapt.atomic import atomic_write
 
-__all__ = ["SeedResult", "build_report", "markdown_report", "plot_report", "summarize", "write_report"]
+__all__ = [
+    "SeedResult",
+    "build_report",
+    "markdown_report",
+    "plot_report",
+    "summarize",
+    "write_report",
+    "write_run_record",
+]
 
 
 @dataclass
@@ -31,6 +40,8 @@ class SeedResult:
         n_eval: evaluation examples (rows x templates).
         by_template: accuracy per template id.
         n_train: few-shot training examples (``None`` for zero-shot).
+        correct: per evaluation example, in the protocol's fixed order, 1 if predicted right:
+            the same examples for every method, so differences can be bootstrapped in pairs.
     """
 
     task: str
@@ -39,6 +50,7 @@ class SeedResult:
     n_eval: int
     by_template: dict[str, float] = field(default_factory=dict)
     n_train: int | None = None
+    correct: list[int] = field(default_factory=list)
 
 
 def summarize(results: Sequence[SeedResult]) -> dict[str, Any]:
@@ -244,3 +256,35 @@ def write_report(report: Mapping[str, Any], out_dir: str | os.PathLike, stem: st
     paths["markdown"].write_text(markdown_report(report), encoding="utf-8")
     plot_report(report, paths["png"])
     return paths
+
+
+def write_run_record(
+    path: str | os.PathLike,
+    *,
+    method: str,
+    variant: str,
+    mode: str,
+    results: Sequence[SeedResult],
+    wall_time_s: float | None,
+    config: Mapping[str, Any],
+) -> Path:
+    """One run's record for `t0_recipes.reporting.experiment`: per (task, seed) the accuracy and
+    the per-example ``correct`` vector (examples in the protocol's fixed order), written atomically.
+
+    ``variant``: ``"fewshot"`` (pre-trained, then few-shot), ``"zeroshot"`` (pre-trained, a new
+    task's fresh routing, no training) or ``"no_pretrain"`` (few-shot from a fresh adapter).
+    """
+    record = {
+        "method": method,
+        "variant": variant,
+        "mode": mode,
+        "results": [
+            {"task": r.task, "seed": r.seed, "accuracy": r.accuracy, "n": r.n_eval, "correct": list(r.correct)}
+            for r in results
+        ],
+        "wall_time_s": wall_time_s,
+        "config": dict(config),
+    }
+    path = Path(path)
+    atomic_write(path, lambda temporary: Path(temporary).write_text(json.dumps(record) + "\n", encoding="utf-8"))
+    return path

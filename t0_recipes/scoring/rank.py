@@ -21,24 +21,23 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from t0_recipes.data.collate import MultipleChoiceCollator
 from t0_recipes.data.rows import Example
 from t0_recipes.scoring.seq2seq import RouteFn, choice_token_losses, length_normalized_scores
 
-__all__ = ["EvalResult", "accuracy", "batches_of", "evaluate_examples", "move_batch", "predict", "rank_scores", "score_batches"]
+__all__ = ["EvalResult", "accuracy", "batches_of", "evaluate_examples", "move_batch", "predict", "score_batches", "seq2seq_rank_scores"]
 
-#: ``(model, batch, route=...) -> (b, C, T)`` per-token losses.
-Scorer = Callable[..., torch.Tensor]
+#: ``(model, batch, route=...) -> (b, C)`` rank scores, lower is better, ``+inf`` for missing choices.
+RankFn = Callable[..., torch.Tensor]
+
+
+def seq2seq_rank_scores(model: nn.Module, batch: Mapping[str, torch.Tensor], *, route: RouteFn | None = None) -> torch.Tensor:
+    """T0's rank scores: the length-normalised loss of every choice, ``(b, C)``."""
+    return length_normalized_scores(choice_token_losses(model, batch, route=route), batch["choice_mask"])
 
 
 def move_batch(batch: Mapping[str, torch.Tensor], device: torch.device | str) -> dict[str, torch.Tensor]:
     """Every tensor of ``batch`` on ``device`` (non-blocking)."""
     return {key: value.to(device, non_blocking=True) if torch.is_tensor(value) else value for key, value in batch.items()}
-
-
-def rank_scores(token_losses: torch.Tensor, choice_mask: torch.Tensor) -> torch.Tensor:
-    """``(b, C, T) -> (b, C)``: sum of token losses / number of tokens (EOS included); missing choices ``+inf``."""
-    return length_normalized_scores(token_losses, choice_mask)
 
 
 def predict(scores: torch.Tensor) -> torch.Tensor:
@@ -51,10 +50,10 @@ def accuracy(predictions: Sequence[int] | torch.Tensor, golds: Sequence[int] | t
     predictions, golds = torch.as_tensor(predictions), torch.as_tensor(golds)
     if predictions.shape != golds.shape:
         raise ValueError(f"predictions {tuple(predictions.shape)} and golds {tuple(golds.shape)} differ in shape")
-    return float((predictions == golds).float().mean()) if predictions.numel() else 0.0
+    return int((predictions == golds).sum()) / predictions.numel() if predictions.numel() else 0.0  # exact: hits / n
 
 
-def batches_of(examples: Sequence[Example], collator: MultipleChoiceCollator, batch_size: int) -> Iterable[dict]:
+def batches_of(examples: Sequence[Example], collator: Callable[[Sequence[Example]], dict], batch_size: int) -> Iterable[dict]:
     """``examples`` collated ``batch_size`` at a time, in order."""
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size} must be at least 1")
@@ -68,13 +67,13 @@ def score_batches(
     batches: Iterable[Mapping[str, torch.Tensor]],
     *,
     route: RouteFn | None = None,
-    scorer: Scorer = choice_token_losses,
+    rank_fn: RankFn = seq2seq_rank_scores,
     autocast_dtype: torch.dtype | None = None,
     total: int | None = None,
     desc: str = "rank classification",
     progress: bool = True,
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Length-normalised scores of every batch (model in eval mode, restored afterwards).
+    """``rank_fn``'s scores of every batch (model in eval mode, restored afterwards).
 
     Returns:
         ``(scores, golds)``: per batch, ``(b, C)`` scores and ``(b,)`` gold indices, on CPU.
@@ -88,8 +87,8 @@ def score_batches(
         for batch in tqdm(batches, total=total, desc=desc, disable=not progress, leave=False):
             batch = move_batch(batch, device)
             with autocast:
-                token_losses = scorer(model, batch, route=route)
-            all_scores.append(rank_scores(token_losses.float(), batch["choice_mask"]).cpu())
+                scores = rank_fn(model, batch, route=route)
+            all_scores.append(scores.float().cpu())
             all_golds.append(batch["gold"].cpu())
     finally:
         model.train(was_training)
@@ -122,11 +121,11 @@ class EvalResult:
 def evaluate_examples(
     model: nn.Module,
     examples: Sequence[Example],
-    collator: MultipleChoiceCollator,
+    collator: Callable[[Sequence[Example]], dict],
     *,
     batch_size: int = 32,
     route: RouteFn | None = None,
-    scorer: Scorer = choice_token_losses,
+    rank_fn: RankFn = seq2seq_rank_scores,
     autocast_dtype: torch.dtype | None = None,
     desc: str = "rank classification",
     progress: bool = True,
@@ -139,7 +138,7 @@ def evaluate_examples(
         model,
         batches_of(examples, collator, batch_size),
         route=route,
-        scorer=scorer,
+        rank_fn=rank_fn,
         autocast_dtype=autocast_dtype,
         total=n_batches,
         desc=desc,

@@ -21,7 +21,8 @@ with them repeated ``C`` times; ``route=None`` runs the model as it is.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 
@@ -30,7 +31,13 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.modeling_outputs import BaseModelOutput
 
+from t0_recipes.data.collate import MultipleChoiceCollator
+from t0_recipes.data.rows import Example
+
 __all__ = [
+    "LMCollator",
+    "Seq2SeqLM",
+    "seq2seq_lm_loss",
     "ROUTING_KEYS",
     "ChoiceScorer",
     "LossOutput",
@@ -66,7 +73,7 @@ def _routing_inputs(batch: Mapping[str, torch.Tensor], repeat: int = 1) -> dict[
 
 
 @contextmanager
-def _routed(model: nn.Module, route: RouteFn | None, batch: Mapping[str, torch.Tensor], repeat: int = 1) -> Iterator[None]:
+def routed(model: nn.Module, route: RouteFn | None, batch: Mapping[str, torch.Tensor], repeat: int = 1) -> Iterator[None]:
     context = nullcontext() if route is None else route(model, **_routing_inputs(batch, repeat))
     with context:
         yield
@@ -74,7 +81,7 @@ def _routed(model: nn.Module, route: RouteFn | None, batch: Mapping[str, torch.T
 
 def encode_prompts(model: nn.Module, batch: Mapping[str, torch.Tensor], *, route: RouteFn | None = None) -> torch.Tensor:
     """Encoder states of the prompts: ``input_ids (b, L) -> (b, L, d)``."""
-    with _routed(model, route, batch):
+    with routed(model, route, batch):
         return model.get_encoder()(
             input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], return_dict=True
         ).last_hidden_state
@@ -107,7 +114,7 @@ def choice_token_losses(
     attention_mask = batch["attention_mask"].repeat_interleave(n_choices, dim=0)  # (b C) L
     flat_mask = choice_mask.reshape(b * n_choices, width)
     labels = choice_ids.reshape(b * n_choices, width).masked_fill(flat_mask == 0, -100)
-    with _routed(model, route, batch, repeat=n_choices):
+    with routed(model, route, batch, repeat=n_choices):
         logits = model(
             encoder_outputs=BaseModelOutput(last_hidden_state=states),
             attention_mask=attention_mask,
@@ -257,7 +264,7 @@ def gold_lm_loss(model: nn.Module, batch: Mapping[str, torch.Tensor], *, route: 
     gold = batch["gold"]
     ids, mask = _gold_rows(batch["choice_ids"], gold), _gold_rows(batch["choice_mask"], gold)
     labels = ids.masked_fill(mask == 0, -100)
-    with _routed(model, route, batch):
+    with routed(model, route, batch):
         logits = model(
             input_ids=batch["input_ids"],
             attention_mask=batch["attention_mask"],
@@ -268,3 +275,61 @@ def gold_lm_loss(model: nn.Module, batch: Mapping[str, torch.Tensor], *, route: 
         ).logits
     losses = F.cross_entropy(_at_least_fp32(logits).flatten(0, 1), labels.flatten(), reduction="none", ignore_index=-100)
     return losses.sum() / (labels != -100).sum().clamp_min(1)
+
+
+class LMCollator:
+    """``examples -> batch`` for the plain LM loss: the prompt and its gold answer as ``labels``.
+
+    Batch: ``input_ids``, ``attention_mask`` (b, L); ``labels`` (b, T) with -100 on padding;
+    ``decoder_attention_mask`` (b, T); ``task_ids`` (b,) when ``with_task_ids``.
+
+    Args:
+        collator: tokenizes prompts and choices (`MultipleChoiceCollator`).
+        with_task_ids: pass the routing rows (methods that route by task).
+    """
+
+    def __init__(self, collator: MultipleChoiceCollator, *, with_task_ids: bool) -> None:
+        self.collator = collator
+        self.with_task_ids = with_task_ids
+
+    def __call__(self, examples: Sequence[Example]) -> dict[str, torch.Tensor]:
+        batch = self.collator(examples)
+        rows = torch.arange(len(examples))
+        ids = batch["choice_ids"][rows, batch["gold"]]  # b T
+        mask = batch["choice_mask"][rows, batch["gold"]]
+        out = {
+            "input_ids": batch["input_ids"],
+            "attention_mask": batch["attention_mask"],
+            "labels": ids.masked_fill(mask == 0, -100),
+            "decoder_attention_mask": mask,
+        }
+        if self.with_task_ids:
+            out["task_ids"] = batch["task_ids"]
+        return out
+
+
+class Seq2SeqLM(nn.Module):
+    """A plain wrapper whose ``forward(**kwargs)`` calls the model.
+
+    Accelerate patches the ``forward`` of what it prepares (mixed precision); preparing this
+    wrapper leaves the adapted model itself untouched, so it can be copied for every few-shot
+    run afterwards.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, **kwargs: Any) -> Any:
+        return self.model(**kwargs)
+
+
+def seq2seq_lm_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """``model(**inputs, task_ids=ids).loss``: the Hugging Face LM loss of a batch with ``labels``.
+
+    The batch's ``task_ids`` / ``semantic_prior`` (when present) are the routing inputs; every
+    other entry goes to the model.
+    """
+    inputs = {key: value for key, value in batch.items() if key not in ROUTING_KEYS}
+    routing = {key: batch[key] for key in ROUTING_KEYS if key in batch}
+    return model(**inputs, **routing).loss

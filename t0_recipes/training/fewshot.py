@@ -21,11 +21,12 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+import torch
 from torch import nn
 
-from t0_recipes.data.collate import MultipleChoiceCollator
 from t0_recipes.data.rows import Example
-from t0_recipes.scoring.seq2seq import ChoiceScorer, LossWeights, RouteFn, combine_tfew
+from t0_recipes.scoring.scorers import Scorer, Seq2SeqScorer
+from t0_recipes.scoring.seq2seq import LossWeights, RouteFn
 from t0_recipes.methods import check_mode
 from t0_recipes.training.optim import OptimConfig, build_optimization
 from t0_recipes.presets import FewShotHParams
@@ -66,6 +67,7 @@ class FewShotAdapter:
         accelerator: from `t0_recipes.training.make_accelerator` (shared by every run).
         route: routing context of the loss (``tensoradapt.use_routing`` for task-routed methods).
         trex_prior: the fitted `SemanticPrior` (T-REX only).
+        scorer: the model family's scorer (its few-shot module and loss).
         loss_weights: T-Few's weights of the LM, unlikelihood and MC terms.
         progress: tqdm bars.
 
@@ -82,6 +84,7 @@ class FewShotAdapter:
         accelerator,
         route: RouteFn | None,
         trex_prior=None,
+        scorer: Scorer | None = None,
         loss_weights: LossWeights = LossWeights(),
         progress: bool = True,
     ) -> None:
@@ -92,27 +95,35 @@ class FewShotAdapter:
         self.accelerator = accelerator
         self.route = route
         self.trex_prior = trex_prior
+        self.scorer = scorer if scorer is not None else Seq2SeqScorer()
         self.loss_weights = loss_weights
         self.progress = progress
         self.params: dict[str, Any] | None = None
 
-    def _loss(self, scorer: nn.Module, batch: dict) -> Any:
-        return combine_tfew(scorer(**batch), batch["choice_mask"], batch["gold"], self.loss_weights)
+    def open_only(self, model: nn.Module, examples: list[Example], collator, seed: int) -> nn.Module:
+        """Open the new task (steps 1-2) without training: the zero-shot start of few-shot adaptation.
 
-    def __call__(self, model: nn.Module, examples: list[Example], collator: MultipleChoiceCollator, seed: int) -> nn.Module:
+        The fresh routing row is drawn from ``seed`` alone, so a run's every draw comes from its seeds.
+        """
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            open_new_task(model, self.method, self.mode, examples, self.trex_prior)
+        return model
+
+    def __call__(self, model: nn.Module, examples: list[Example], collator, seed: int) -> nn.Module:
         import tensoradapt
 
-        open_new_task(model, self.method, self.mode, examples, self.trex_prior)
+        self.open_only(model, examples, collator, seed)
         if self.params is None:
             counts = tensoradapt.count_parameters(model)
             self.params = {key: counts[key] for key in ("trainable", "total", "adapter", "routing", "modules")}
-        scorer = ChoiceScorer(model, route=self.route)
+        module, loss_fn = self.scorer.fewshot_parts(model, self.route, self.loss_weights)
         optimizer, scheduler = build_optimization(
-            scorer, OptimConfig.from_hparams(self.hparams), total_steps=self.hparams.steps
+            module, OptimConfig.from_hparams(self.hparams), total_steps=self.hparams.steps
         )
         result = train(
-            scorer,
-            self._loss,
+            module,
+            loss_fn,
             examples,
             collate_fn=collator,
             batch_size=self.hparams.batch_size,

@@ -24,7 +24,7 @@ Data order: the example stream is epoch 0's permutation, then epoch 1's, ... whe
 resuming at step ``k`` starts at batch ``k * grad_accum``.
 
 Routing: ``loss_fn`` passes task ids as ``model(**inputs, task_ids=ids)`` (see
-`seq2seq_lm_loss`); tensoradapt pops them in a forward pre-hook, and DDP passes keyword
+`t0_recipes.scoring.seq2seq.seq2seq_lm_loss`); tensoradapt pops them in a forward pre-hook, and DDP passes keyword
 arguments through. Under DDP ``loss_fn`` must call ``model`` itself (the wrapper): a call of a
 sub-module (``model.module.get_encoder()``) bypasses DDP's forward and its gradients are not
 all-reduced.
@@ -70,7 +70,6 @@ __all__ = [
     "TrainResult",
     "load_trainable",
     "make_accelerator",
-    "seq2seq_lm_loss",
     "train",
     "trainable_state_dict",
 ]
@@ -81,8 +80,6 @@ TRAINABLE_NAME = "trainable.safetensors"
 OPTIMIZER_NAME = "optimizer.pt"
 SCHEDULER_NAME = "scheduler.pt"
 ADAPTER_DIR = "adapter"
-#: Batch entries that are routing inputs rather than model inputs.
-ROUTING_KEYS: tuple[str, ...] = ("task_ids", "semantic_prior")
 _PRECISIONS = {"fp32": "no", "no": "no", "bf16": "bf16", "fp16": "fp16"}
 
 
@@ -174,17 +171,6 @@ def make_accelerator(*, grad_accum: int = 1, mixed_precision: str = "no", cpu: b
         dataloader_config=DataLoaderConfiguration(split_batches=True),
         **kwargs,
     )
-
-
-def seq2seq_lm_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """``model(**inputs, task_ids=ids).loss``: the Hugging Face LM loss of a batch with ``labels``.
-
-    The batch's ``task_ids`` / ``semantic_prior`` (when present) are the routing inputs; every
-    other entry goes to the model.
-    """
-    inputs = {key: value for key, value in batch.items() if key not in ROUTING_KEYS}
-    routing = {key: batch[key] for key in ROUTING_KEYS if key in batch}
-    return model(**inputs, **routing).loss
 
 
 def trainable_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:

