@@ -21,25 +21,52 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # t0_recipes/ sits at the repository root, outside the installed package
+    sys.path.insert(0, str(REPO))
 METHODS = ("lora", "tlora", "poly", "mhr", "tensorpoly_i", "tensorpoly_ii", "trex")
 HELD_OUT = ("rte", "cb", "copa", "wic", "wsc", "anli_r1", "anli_r2", "anli_r3", "winogrande")
 
 
-def _run(method: str, variant_args: list[str], out: Path, args: argparse.Namespace) -> float:
-    """One recipe run in its own process; returns its wall time in seconds."""
-    command = [
+def _command(method: str, variant_args: list[str], out: Path, args: argparse.Namespace) -> list[str]:
+    """One recipe run of the ``minilm`` preset (its own process)."""
+    return [
         sys.executable, "-m", f"t0_recipes.{method}", "--preset", "minilm", "--data-dir", args.data_dir,
-        "--tasks", *args.tasks, "--output-dir", str(out), "--quiet", *variant_args,
+        "--tasks", *args.tasks, "--seeds", *map(str, args.seeds), "--output-dir", str(out), "--quiet",
+        "--threads", str(args.threads), "--overwrite", *variant_args,
     ]
-    start = time.perf_counter()
-    subprocess.run(command, cwd=REPO, check=True)
-    return time.perf_counter() - start
+
+
+def _run_all(commands: list[tuple[str, list[str]]], jobs: int) -> None:
+    """Run ``(name, command)`` pairs, ``jobs`` at a time; stop at the first failure (its log is printed)."""
+    pending, running = list(commands), []
+    with tqdm(total=len(commands), desc="t0 proxy", unit="run") as bar:
+        while pending or running:
+            while pending and len(running) < jobs:
+                name, command = pending.pop(0)
+                log = tempfile.TemporaryFile(mode="w+")
+                running.append((name, subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT),
+                                log, time.perf_counter()))
+            time.sleep(1.0)
+            for entry in list(running):
+                name, process, log, start = entry
+                if process.poll() is None:
+                    continue
+                running.remove(entry)
+                if process.returncode != 0:
+                    log.seek(0)
+                    sys.stderr.write(log.read()[-5000:])
+                    for _, other, _, _ in running:
+                        other.terminate()
+                    raise SystemExit(f"{name} failed (exit {process.returncode})")
+                bar.update(1)
+                tqdm.write(f"{name}: {time.perf_counter() - start:.0f} s")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -49,20 +76,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tasks", nargs="+", default=list(HELD_OUT), help="held-out tasks (default: all nine with rows)")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "t0_proxy"),
                         help="results folder (the run records go to <out>/runs/)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[42, 1024, 0, 1, 32], help="few-shot seeds (T-Few's five)")
     parser.add_argument("--no-baseline", action="store_true", help="skip the no-pre-training runs")
+    parser.add_argument("--jobs", type=int, default=2,
+                        help="runs at a time (default 2: on 2 cores two one-thread runs beat one two-thread run)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of each run")
     args = parser.parse_args(argv)
 
     out = Path(args.out)
     runs = out / "runs"
-    plan = [(method, "fewshot") for method in args.methods]
+    commands = [(f"{m} pre-trained + zero-shot + few-shot", _command(m, ["--zero-shot"], runs / m, args))
+                for m in args.methods]
     if not args.no_baseline:
-        plan += [(method, "no_pretrain") for method in args.methods]
-    for method, variant in tqdm(plan, desc="t0 proxy", unit="run"):
-        if variant == "fewshot":
-            seconds = _run(method, ["--zero-shot", "--overwrite"], runs / method, args)
-        else:
-            seconds = _run(method, ["--pretrain-steps", "0", "--overwrite"], runs / f"{method}_no_pretrain", args)
-        tqdm.write(f"{method} {variant}: {seconds:.0f} s")
+        commands += [(f"{m} few-shot without pre-training", _command(m, ["--pretrain-steps", "0"], runs / f"{m}_no_pretrain", args))
+                     for m in args.methods]
+    _run_all(commands, args.jobs)
 
     from t0_recipes.reporting.experiment import load_run_records, summarize_experiment, write_experiment
 
