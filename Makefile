@@ -40,7 +40,8 @@ bench: $(STAMP)
 	$(PY) benchmarks/scaling.py --json benchmarks/results/scaling.json
 
 # The real-model proxy of the T0 protocol: all seven methods, pre-trained, zero-shot, 32-shot with
-# 5 seeds and without pre-training, on all-MiniLM-L6-v2 (about 2 hours on 2 CPU cores).
+# 5 seeds and without pre-training, on all-MiniLM-L6-v2. Measured under load: 15-20 min per method for
+# 5 tasks x 3 seeds on one thread, so the full 9 x 5 table does not yet fit 2 hours on 2 cores.
 proxy: $(STAMP)
 	$(PY) benchmarks/t0_proxy.py --data-dir $(DATA)
 
