@@ -45,7 +45,7 @@ bench: $(STAMP)
 proxy: $(STAMP)
 	$(PY) benchmarks/t0_proxy.py --data-dir $(DATA)
 
-# One method of the proxy (under 20 minutes): make proxy-one METHOD=tensorpoly_i
+# One method of the proxy: make proxy-one METHOD=tensorpoly_i
 proxy-one: $(STAMP)
 	$(PY) benchmarks/t0_proxy.py --data-dir $(DATA) --methods $(METHOD) --out runs/t0_proxy_$(METHOD)
 
