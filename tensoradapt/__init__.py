@@ -4,10 +4,25 @@ Layers, each built on the ones before it: `tensoradapt.algebra` (entangled tenso
 `tensoradapt.experts` (LoRA / TLoRA / rank-one banks), `tensoradapt.routing`
 (Poly, MHR, TensorPoly-I/II, T-REX combiners), and model surgery (`inject`, save / load,
 export).
+
+The lifecycle in one call each way, as PEFT's::
+
+    model = tensoradapt.inject(base, tensoradapt.AdapterConfig(method="poly", n_tasks=8))
+    tensoradapt.print_trainable_parameters(model)
+    ...  # train with model(**batch, task_ids=t)
+    tensoradapt.save_pretrained(model, "ckpt")
+    model = tensoradapt.from_pretrained(BaseModel.from_pretrained(name), "ckpt")
 """
 
 from tensoradapt.algebra import EntangledTensor, fit_leaves, leaf_size, materialize
-from tensoradapt.checkpoint import adapter_state_dict, load_adapter, save_adapter
+from tensoradapt.checkpoint import (
+    CheckpointError,
+    adapter_state_dict,
+    from_pretrained,
+    load_adapter,
+    save_adapter,
+    save_pretrained,
+)
 from tensoradapt.config import METHOD_LABELS, METHODS, TRAINING_MODES, AdapterConfig
 from tensoradapt.export import export_peft_lora, task_lora_matrices
 from tensoradapt.layers import AdaptedLinear
@@ -24,6 +39,7 @@ from tensoradapt.trainable import (
     add_task,
     count_parameters,
     parameter_groups,
+    print_trainable_parameters,
     reset_routing,
     set_training_mode,
     trainable_parameters,
@@ -35,6 +51,7 @@ __all__ = [
     "TRAINING_MODES",
     "AdaptedLinear",
     "AdapterConfig",
+    "CheckpointError",
     "EntangledTensor",
     "adapted_layers",
     "adapter_config",
@@ -44,14 +61,17 @@ __all__ = [
     "disable_adapters",
     "export_peft_lora",
     "fit_leaves",
+    "from_pretrained",
     "inject",
     "leaf_size",
     "load_adapter",
     "materialize",
     "merge",
     "parameter_groups",
+    "print_trainable_parameters",
     "reset_routing",
     "save_adapter",
+    "save_pretrained",
     "set_training_mode",
     "task_lora_matrices",
     "trainable_parameters",

@@ -24,8 +24,10 @@ def task_lora_matrices(layer: AdaptedLinear, task: int | None) -> tuple[torch.Te
     Routing runs in eval mode (sigmoid, no noise). Token-routed layers (T-REX) give their
     routing-averaged LoRA (``combiner.averaged_matrices``: calibrated mean weights, else the
     weights at zero input with ``task``'s prior row); `tensoradapt.trex.trex_export_error`
-    measures what that approximation costs.
+    measures what that approximation costs. ``task`` is checked as ``task_ids`` are
+    (`tensoradapt.model.validate_task_ids`: an ``int``, a 0-d tensor, a numpy integer).
     """
+    task = validate_task_ids(task, layer.config.n_tasks)
     if layer.combiner.token_routed:
         down, up = layer.combiner.averaged_matrices(layer.bank, task)
     else:

@@ -41,10 +41,12 @@ def build_adapter(
     | `trex` | `RankOneBank` | `TokenRouter` |
     """
     placement = dict(dtype=dtype, device=device)
+    normalization = config.resolved_routing_normalization
     routing = dict(
-        noise=config.routing_noise,
+        noise=config.resolved_routing_noise,
         temperature=config.routing_temperature,
         init_range=config.routing_init_range,
+        normalization=normalization,
         **placement,
     )
     method = config.method
@@ -76,6 +78,9 @@ def build_adapter(
         n_skills = 1 if method == "lora" else config.n_skills
         bank: ExpertBank = LoRABank(d_in, d_out, config.lora_rank, n_skills, **placement)
     else:
+        # the matched init sizes the leaves for the task's matrices at uniform routing: how the
+        # combiner mixes the leaves, and the weight each expert then gets
+        routed_sum = method in ("tensorpoly_i", "tensorpoly_ii") and normalization == "sum"
         bank = TLoRABank(
             d_in,
             d_out,
@@ -84,6 +89,8 @@ def build_adapter(
             config.order,
             init=config.init,
             normalize_outer=config.normalize_outer,
+            mixing="leaves" if method == "tensorpoly_ii" else "ranks",
+            expert_weight=1.0 / config.tensor_rank if routed_sum else 1.0,
             **placement,
         )
     if method in ("lora", "tlora"):

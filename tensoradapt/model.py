@@ -5,13 +5,15 @@ from __future__ import annotations
 import dataclasses
 from contextlib import contextmanager
 
+import numpy as np
 import torch
 from torch import nn
 
 from tensoradapt.config import AdapterConfig
-from tensoradapt.layers import AdaptedLinear, is_conv1d
+from tensoradapt.layers import AdaptedLinear, is_conv1d, linear_dims
 from tensoradapt.routing.base import TaskIds
 from tensoradapt.routing.state import RoutingInputs, RoutingState
+from tensoradapt.sizes import check_materialized_size
 from tensoradapt.targets import default_target_pattern, find_targets
 
 __all__ = [
@@ -54,20 +56,38 @@ def routing_state(model: nn.Module) -> RoutingState:
     return getattr(model, _STATE_ATTR)
 
 
+def _from_numpy(task_ids):
+    """numpy integer scalars and 0-d arrays as ``int``, 1-d+ integer arrays as a ``LongTensor`` copy."""
+    if isinstance(task_ids, np.integer):
+        return int(task_ids)
+    if not isinstance(task_ids, np.ndarray):
+        return task_ids
+    if task_ids.dtype.kind not in "iu":
+        raise ValueError(f"task_ids must hold integers, got numpy dtype {task_ids.dtype}")
+    if task_ids.ndim == 0:
+        return int(task_ids)
+    return torch.from_numpy(np.array(task_ids, dtype=np.int64))  # a copy: later edits of the array do not leak in
+
+
 def validate_task_ids(task_ids, n_tasks: int) -> TaskIds | None:
     """Check task ids and put them in the form layers read.
 
     ``int`` and 0-d tensors mean one task for the batch; a 1-d ``LongTensor`` gives one task per
-    example. Ids on the CPU are range-checked here (free: no device synchronisation); ids already
-    on an accelerator are taken as they are, to keep the forward free of host-device syncs.
+    example. numpy works the same: an integer scalar (``np.int64(3)``) or 0-d array is an ``int``,
+    a 1-d integer array (``np.array([2, 0, 1])``) a ``LongTensor (batch,)``. Ids on the CPU are
+    range-checked here (free: no device synchronisation); ids already on an accelerator are taken
+    as they are, to keep the forward free of host-device syncs.
 
     Raises:
         ValueError: an id outside ``[0, n_tasks)``, a non-integer dtype, or a tensor of rank > 1.
     """
     if task_ids is None:
         return None
+    task_ids = _from_numpy(task_ids)
     if isinstance(task_ids, bool) or not isinstance(task_ids, (int, torch.Tensor)):
-        raise ValueError(f"task_ids must be an int or a LongTensor (batch,), got {type(task_ids).__name__}")
+        raise ValueError(
+            f"task_ids must be an int, a LongTensor (batch,) or a numpy integer array, got {type(task_ids).__name__}"
+        )
     if isinstance(task_ids, int):
         if not 0 <= task_ids < n_tasks:
             raise ValueError(f"task_ids={task_ids} is out of range: the adapters know tasks 0..{n_tasks - 1}")
@@ -149,35 +169,87 @@ def _wrap_generate(model: nn.Module) -> None:
     model.generate = _RoutedGenerate(model)
 
 
+class _RefusedSavePretrained:
+    """``model.save_pretrained(...)`` of an injected Hugging Face model: refused, naming the right calls.
+
+    Transformers would write every adapted layer's base weight under ``<module>.base.weight``, a
+    key ``from_pretrained`` does not know: it re-initialises those weights at random, with only a
+    log line. A callable holding the model (not a closure), as `_RoutedGenerate`, so copies refuse too.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+
+    def __call__(self, *args, **kwargs):
+        name = type(self.model).__name__
+        raise ValueError(
+            f"{name}.save_pretrained would write the {len(adapted_layers(self.model))} adapted layers' base weights "
+            f"under '<module>.base.weight' keys, which {name}.from_pretrained does not know and silently "
+            "re-initialises. Save the adapters with tensoradapt.save_pretrained(model, directory) and load them "
+            f"onto the base model with tensoradapt.from_pretrained({name}.from_pretrained(base), directory)"
+        )
+
+
+def _refuse_save_pretrained(model: nn.Module) -> None:
+    if callable(getattr(type(model), "save_pretrained", None)):
+        model.save_pretrained = _RefusedSavePretrained(model)
+
+
 def inject(model: nn.Module, config: AdapterConfig) -> nn.Module:
     """Replace every ``nn.Linear`` / ``Conv1D`` whose name fully matches ``config.target_modules``
     (or the built-in pattern for the model type) by an `AdaptedLinear`, in place.
 
     All base parameters are frozen. Afterwards ``model(..., task_ids=t)`` routes the call
-    (``t``: ``int`` or ``LongTensor (batch,)``; T-REX also takes ``semantic_prior=(batch, k)``),
-    and so does ``model.generate(..., task_ids=t)``, beam search included.
+    (``t``: ``int`` or ``LongTensor (batch,)``, numpy integers too; T-REX also takes
+    ``semantic_prior=(batch, k)``), and so does ``model.generate(..., task_ids=t)``, beam search
+    included. A Hugging Face model's own ``save_pretrained`` is refused from then on (it would
+    save the base weights under keys its ``from_pretrained`` re-initialises): use
+    `tensoradapt.save_pretrained`.
+
+    All or nothing: every adapter is built before the first module is replaced, so an error (a
+    layer too large to materialise, heads that do not divide a dim) leaves ``model`` as it was.
+
+    Raises:
+        ValueError: the model already has adapters, or a target's dims make the config's
+            entangled vectors too large to materialise (`tensoradapt.sizes`).
 
     Returns:
         ``model`` itself.
     """
+    return _inject(model, config)
+
+
+def _inject(model: nn.Module, config: AdapterConfig, prepare=None) -> nn.Module:
+    """`inject`, calling ``prepare({name: AdaptedLinear})`` after the adapters are built and before
+    any of them is installed (`tensoradapt.from_pretrained` loads the weights there)."""
     if getattr(model, _CONFIG_ATTR, None) is not None:
         raise ValueError(f"{type(model).__name__} already has tensoradapt adapters; inject once per model")
     config = dataclasses.replace(config)  # the model owns its copy (reset_routing edits n_tasks)
     pattern = config.target_modules or default_target_pattern(model)
-    names = find_targets(model, pattern, _accepts)
+    targets = {name: model.get_submodule(name) for name in find_targets(model, pattern, _accepts)}
+    for name, target in targets.items():
+        weight = target.weight
+        check_materialized_size(
+            config, *linear_dims(target), itemsize=weight.element_size(),
+            dtype_name=str(weight.dtype).removeprefix("torch."), module=name,
+        )
+    state = RoutingState()
+    layers = {name: AdaptedLinear(target, config, state).train(target.training) for name, target in targets.items()}
+    if prepare is not None:
+        prepare(layers)
+    # Nothing above changed the model; from here on nothing can fail.
     for parameter in model.parameters():
         parameter.requires_grad_(False)
-    state = RoutingState()
-    for name in names:
+    for name, layer in layers.items():
         parent_name, _, child_name = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        target = getattr(parent, child_name)
-        setattr(parent, child_name, AdaptedLinear(target, config, state).train(target.training))
+        setattr(parent, child_name, layer)
     setattr(model, _STATE_ATTR, state)
     setattr(model, _CONFIG_ATTR, config)
     model.register_forward_pre_hook(_pre_hook, with_kwargs=True)
     model.register_forward_hook(_post_hook, with_kwargs=True, always_call=True)
     _wrap_generate(model)
+    _refuse_save_pretrained(model)
     from tensoradapt.trainable import set_training_mode
 
     set_training_mode(model, config.mode)
@@ -266,20 +338,28 @@ def unmerge(model: nn.Module) -> None:
 
 @contextmanager
 def disable_adapters(model: nn.Module):
-    """Run the base model alone inside the block.
+    """Run the base model alone inside the block: ``with tensoradapt.disable_adapters(model): ...``.
 
-    Merged layers are unmerged for the block (bit for bit) and merged again after it.
+    Merged layers are unmerged for the block (bit for bit) and merged again after it; meanwhile
+    no task is merged, so calls may carry any ``task_ids``. Blocks nest: leaving an inner block
+    restores what the outer one set, not the adapters.
     """
     layers = list(adapted_layers(model).values())
     merged = [(layer, layer.merged_task) for layer in layers if layer.merged]
+    was_disabled = [layer.disabled for layer in layers]
+    merged_task = getattr(model, _MERGED_ATTR, None)
     for layer, _ in merged:
         layer.unmerge()
     for layer in layers:
         layer.disabled = True
+    if layers:
+        setattr(model, _MERGED_ATTR, None)
     try:
         yield model
     finally:
-        for layer in layers:
-            layer.disabled = False
+        for layer, disabled in zip(layers, was_disabled):
+            layer.disabled = disabled
         for layer, task in merged:
             layer.merge(task)
+        if layers:
+            setattr(model, _MERGED_ATTR, merged_task)

@@ -14,6 +14,7 @@ __all__ = [
     "set_training_mode",
     "parameter_groups",
     "count_parameters",
+    "print_trainable_parameters",
     "trainable_parameters",
     "reset_routing",
     "add_task",
@@ -101,6 +102,22 @@ def count_parameters(model: nn.Module) -> dict:
         "by_module": dict(by_module),
         "by_layer": by_layer,
     }
+
+
+def print_trainable_parameters(model: nn.Module) -> None:
+    """Print PEFT's one-line summary to stdout, character for character. On the tiny T5 with
+    ``AdapterConfig(method="lora", lora_rank=2)`` (36 adapted linears)::
+
+        >>> print_trainable_parameters(inject(tiny_t5(), AdapterConfig(method="lora", lora_rank=2)))
+        trainable params: 2,688 || all params: 16,256 || trainable%: 16.5354
+
+    Counts every parameter of ``model`` once (shared ones once), adapters included; any module
+    works, injected or not. For the split by role and module use `count_parameters`.
+    """
+    trainable = sum(parameter.numel() for parameter in model.parameters() if parameter.requires_grad)
+    total = sum(parameter.numel() for parameter in model.parameters())
+    share = 100 * trainable / total if total else 0.0
+    print(f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {share:.4f}")
 
 
 def reset_routing(model: nn.Module, n_tasks: int = 1) -> None:

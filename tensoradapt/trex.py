@@ -5,6 +5,9 @@ The per-layer pieces are `tensoradapt.experts.rank_one.RankOneBank` (the rank-on
 `tensoradapt.routing.semantic_prior.SemanticPrior` (the sentence-embedding centroids). Here:
 
 * `set_task_prior`: a per-task prior table ``(n_tasks, k)``, so T-REX runs in a task-id pipeline.
+* `set_semantic_prior` / `semantic_prior`: the `SemanticPrior` (centroids, encoder name) that goes
+  with the model, so `tensoradapt.save_pretrained` writes it and `tensoradapt.from_pretrained`
+  gives it back.
 * `auxiliary_loss`: the optional Switch load-balancing loss summed over layers.
 * `calibrate_routing`: mean routing weights over calibration data, for export.
 * `trex_export_error`: how far the exported routing-averaged LoRA is from the real T-REX output.
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -23,7 +27,20 @@ from tensoradapt.layers import AdaptedLinear, apply_low_rank
 from tensoradapt.model import adapted_layers, adapter_config, disable_adapters, validate_task_ids
 from tensoradapt.routing.token import TokenRouter
 
-__all__ = ["auxiliary_loss", "calibrate_routing", "set_task_prior", "token_routers", "trex_export_error"]
+if TYPE_CHECKING:
+    from tensoradapt.routing.semantic_prior import SemanticPrior
+
+__all__ = [
+    "auxiliary_loss",
+    "calibrate_routing",
+    "semantic_prior",
+    "set_semantic_prior",
+    "set_task_prior",
+    "token_routers",
+    "trex_export_error",
+]
+
+_SEMANTIC_PRIOR_ATTR = "_tensoradapt_semantic_prior"
 
 
 def token_routers(model: nn.Module) -> dict[str, TokenRouter]:
@@ -39,9 +56,10 @@ def set_task_prior(model: nn.Module, table: torch.Tensor | None, *, new_tasks: b
 
     Row ``t`` (e.g. ``SemanticPrior.task_prior(...)[t]``) is the prior of every example of task
     ``t`` in calls that give ``task_ids`` but no ``semantic_prior``; a per-example
-    ``semantic_prior=`` still wins. The table is a non-persistent buffer: it is not trained and
-    written neither by `save_adapter` nor in the model's ``state_dict``, so set it again after
-    loading.
+    ``semantic_prior=`` still wins. The table is a non-persistent buffer of every router: not
+    trained and not in the model's ``state_dict`` (a fresh model has none, so a strict
+    ``load_state_dict`` of a state that held it would fail), but `tensoradapt.save_pretrained` /
+    `save_adapter` write it beside the adapters and `from_pretrained` / `load_adapter` restore it.
 
     ``new_tasks=True`` is T-REX's few-shot start, the counterpart of `tensoradapt.reset_routing`
     (T-REX has no routing matrix to reset): the table's rows become the model's tasks, so
@@ -64,6 +82,32 @@ def set_task_prior(model: nn.Module, table: torch.Tensor | None, *, new_tasks: b
             raise ValueError(f"the task prior must be (n_tasks, trex_n_clusters) = {expected}, got {shape}")
     for router in routers.values():
         router.set_task_prior(table)
+
+
+def set_semantic_prior(model: nn.Module, prior: SemanticPrior | None) -> None:
+    """Keep ``prior`` (a `SemanticPrior`: centroids ``(k, dim)`` and the encoder's name) with ``model``.
+
+    `tensoradapt.save_pretrained` then writes it beside the adapters (``semantic_prior.safetensors``
+    and ``semantic_prior.json``, hashed in ``adapter_config.json``) and
+    `tensoradapt.from_pretrained` restores it, so a deployed model can compute
+    ``semantic_prior=prior.prior(texts)`` for new inputs. ``None`` drops it.
+
+    Raises:
+        ValueError: the model has no T-REX layers, or ``prior.n_clusters != config.trex_n_clusters``.
+    """
+    config = adapter_config(model)
+    token_routers(model)
+    if prior is not None and prior.n_clusters != config.trex_n_clusters:
+        raise ValueError(
+            f"the semantic prior has {prior.n_clusters} centroids but the model's routers read "
+            f"trex_n_clusters={config.trex_n_clusters} similarities"
+        )
+    setattr(model, _SEMANTIC_PRIOR_ATTR, prior)
+
+
+def semantic_prior(model: nn.Module) -> SemanticPrior | None:
+    """The `SemanticPrior` kept with ``model`` (`set_semantic_prior`, `tensoradapt.from_pretrained`), or ``None``."""
+    return getattr(model, _SEMANTIC_PRIOR_ATTR, None)
 
 
 def auxiliary_loss(model: nn.Module) -> torch.Tensor:

@@ -94,3 +94,12 @@ def kron_rows(leaves: torch.Tensor, dim: int, *, normalize: bool = False) -> tor
         if normalize:
             products = list(plain_layer_norm(torch.stack(products)))
     return torch.stack([product[:dim] for product in products])
+
+
+def factors(tensor) -> torch.Tensor:
+    """The factors an `EntangledTensor` multiplies: its stored leaves times its constant ``leaf_scale``.
+
+    ``leaf_scale`` is 1 unless the leaves come from ``init='matched'`` (a learning-rate multiplier
+    of the leaves under Adam); every dense reference is built from these, detached.
+    """
+    return tensor.leaves.detach() * tensor.leaf_scale

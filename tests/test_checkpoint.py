@@ -162,6 +162,15 @@ def test_loading_with_another_normalize_outer_raises(tmp_path):
         load_adapter(adapted("tlora", seed=1), tmp_path)
 
 
+@pytest.mark.parametrize("method", ["tlora", "tensorpoly_i", "tensorpoly_ii"])
+def test_loading_with_another_init_raises(tmp_path, method):
+    """``init='matched'`` scales every leaf by a constant the weights do not hold: loading a matched
+    checkpoint into a ``reference`` model (same shapes) would silently change every output."""
+    save_adapter(adapted(method), tmp_path)
+    with pytest.raises(ValueError, match="init='matched'.*init='reference'"):
+        load_adapter(adapted(method, seed=1, init="reference"), tmp_path)
+
+
 def test_loading_a_missing_checkpoint_raises(tmp_path):
     with pytest.raises(FileNotFoundError):
         load_adapter(adapted("lora"), tmp_path / "nowhere")

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from references import kron_rows, plain_weights
+from references import factors, kron_rows, plain_weights
 from tensoradapt.config import AdapterConfig
 from tensoradapt.layers import AdaptedLinear, linear_dims
 from tensoradapt.routing.state import RoutingInputs
@@ -49,6 +49,16 @@ def order_mixed_columns(leaves: torch.Tensor, dim: int, weights: list[list[float
     return kron_rows(torch.stack(mixed), dim, normalize=normalize)
 
 
+def routing_weights(config: AdapterConfig, row: torch.Tensor) -> list[float]:
+    """Eval-mode weights of one logit row: divided by their sum, or by their mean (``S`` times as
+    large), the default of TensorPoly-I / -II."""
+    weights = plain_weights(row)
+    normalization = config.routing_normalization or (
+        "mean" if config.method in ("tensorpoly_i", "tensorpoly_ii") else "sum"
+    )
+    return [w * len(weights) for w in weights] if normalization == "mean" else weights
+
+
 def dense_adapter(layer: AdaptedLinear, task: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``A_t (d_in, r)``, ``B_t (r, d_out)`` of ``layer`` for one task, from its raw parameters (eval routing)."""
     config, bank, combiner = layer.config, layer.bank, layer.combiner
@@ -57,25 +67,25 @@ def dense_adapter(layer: AdaptedLinear, task: int) -> tuple[torch.Tensor, torch.
         if method == "lora":
             return bank.down[0].clone(), bank.up[0].clone()
         if method == "poly":
-            w = plain_weights(combiner.logits[task])
+            w = routing_weights(config, combiner.logits[task])
             return sum(w[s] * bank.down[s] for s in range(len(w))), sum(w[s] * bank.up[s] for s in range(len(w)))
         if method == "mhr":
             heads = config.n_heads
             step_in, step_out = layer.d_in // heads, layer.d_out // heads
             down, up = torch.zeros_like(bank.down[0]), torch.zeros_like(bank.up[0])
             for h in range(heads):
-                for s, w in enumerate(plain_weights(combiner.logits[task, h])):
+                for s, w in enumerate(routing_weights(config, combiner.logits[task, h])):
                     down[h * step_in : (h + 1) * step_in] += w * bank.down[s, h * step_in : (h + 1) * step_in]
                     up[:, h * step_out : (h + 1) * step_out] += w * bank.up[s, :, h * step_out : (h + 1) * step_out]
             return down, up
-        down_leaves, up_leaves = bank.down.leaves, bank.up.leaves
+        down_leaves, up_leaves = factors(bank.down), factors(bank.up)
         if method in ("tlora", "tensorpoly_i"):
-            w = [1.0] * config.tensor_rank if method == "tlora" else plain_weights(combiner.logits[task])
+            w = [1.0] * config.tensor_rank if method == "tlora" else routing_weights(config, combiner.logits[task])
             return (
                 entangled_columns(down_leaves, layer.d_in, w, normalize).T,
                 entangled_columns(up_leaves, layer.d_out, w, normalize),
             )
-        weights = [plain_weights(combiner.logits[task, n]) for n in range(config.order)]
+        weights = [routing_weights(config, combiner.logits[task, n]) for n in range(config.order)]
         return (
             order_mixed_columns(down_leaves, layer.d_in, weights, normalize).T,
             order_mixed_columns(up_leaves, layer.d_out, weights, normalize),
@@ -163,15 +173,16 @@ layer_cases = dict(
     lora_alpha=st.sampled_from([None, 1.0, 8.0]),
     order=st.integers(1, 3),
     normalize=st.booleans(),
+    normalization=st.sampled_from([None, "sum", "mean"]),
     seq=st.sampled_from([None, 1, 3]),
 )
 def test_forward_matches_the_dense_reference(
-    method, kind, n_heads, block_in, block_out, seed, lora_rank, lora_alpha, order, normalize, seq
+    method, kind, n_heads, block_in, block_out, seed, lora_rank, lora_alpha, order, normalize, normalization, seq
 ) -> None:
     d_in, d_out = n_heads * block_in, n_heads * block_out
     layer = make_layer(
         method, kind, d_in, d_out, seed, n_heads=n_heads, lora_rank=lora_rank, lora_alpha=lora_alpha,
-        order=order, normalize_outer=normalize,
+        order=order, normalize_outer=normalize, routing_normalization=normalization,
     )
     assert layer.scaling == (1.0 if lora_alpha is None else lora_alpha) / lora_rank
     assert linear_dims(layer.base) == (d_in, d_out)

@@ -464,8 +464,9 @@ def test_order_one_tlora_equals_lora(model_name, tensor_rank):
     def convert(src, dst):
         down, up = src.bank.down[0], src.bank.up[0]  # A (d_in, r), B (r, d_out)
         assert dst.bank.down.leaves.shape == (2, tensor_rank, 1, down.shape[0])
-        dst.bank.down.leaves.copy_(down.T[:, None, None, :] * shares[None, :, None, None])
-        dst.bank.up.leaves.copy_(up[:, None, None, :] * shares[None, :, None, None])
+        # the stored leaves are the factors over the constant leaf_scale (1 at R = 1)
+        dst.bank.down.leaves.copy_(down.T[:, None, None, :] * shares[None, :, None, None] / dst.bank.down.leaf_scale)
+        dst.bank.up.leaves.copy_(up[:, None, None, :] * shares[None, :, None, None] / dst.bank.up.leaf_scale)
 
     _copy_parameters(lora, tlora, convert)
     batch = tiny_batch(lora, batch=3)

@@ -129,13 +129,15 @@ def test_modules_only_averages_the_experts_and_ignores_the_logits(method):
 
 
 @pytest.mark.parametrize("method", ROUTED)
-def test_modules_only_weights_are_one_over_the_experts(method):
+def test_modules_only_weights_are_the_uniform_routing(method):
+    """1 / S for Poly / MHR (sum-normalised), 1 for TensorPoly-I / -II (mean-normalised by default)."""
     model = adapted(method)
     set_training_mode(model, "modules_only")
     for layer in adapted_layers(model).values():
         weights = layer.combiner.weights(1)
         assert weights.shape == layer.combiner.logits.shape[1:]
-        torch.testing.assert_close(weights, torch.full_like(weights, 1 / weights.shape[-1]))
+        uniform = 1.0 if method in ("tensorpoly_i", "tensorpoly_ii") else 1 / weights.shape[-1]
+        torch.testing.assert_close(weights, torch.full_like(weights, uniform))
 
 
 @pytest.mark.parametrize("mode", MODES)

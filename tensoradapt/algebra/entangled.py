@@ -38,6 +38,12 @@ class EntangledTensor(nn.Module):
             [`tensoradapt.algebra.init`][tensoradapt.algebra.init]).
         std: target standard deviation of materialised entries.
         bound: leaf half-width for ``leaf_uniform``.
+        leaf_scale: a constant ``g`` every leaf is multiplied by before the product:
+            ``v = sum_r (g v[r,0]) (x) ... (x) (g v[r,N-1])``. Under Adam, whose step is about
+            ``lr`` per entry whatever the gradient's size, it is a learning-rate multiplier of
+            the leaves: they are stored at a small scale (so one step moves them by a sizeable
+            share) and ``g`` restores the vector's size. 1 (the default) stores the leaves as they
+            are multiplied.
         normalize_outer: parameter-free LayerNorm (eps ``1e-5``) after each pairwise outer
             product, jointly over the last batch axis and the product: once the first ``m`` leaves
             are multiplied (``m = 2 .. N``) each block ``(batch_shape[-1], q ** m)`` is normalised,
@@ -50,6 +56,7 @@ class EntangledTensor(nn.Module):
 
     Shapes:
         ``leaves``: ``(*batch_shape, rank, order, q)``; ``forward()``: ``(*batch_shape, dim)``.
+        ``scaled_leaves()``: the leaves times ``leaf_scale``, the factors of the product.
     """
 
     def __init__(
@@ -62,12 +69,15 @@ class EntangledTensor(nn.Module):
         init: str = "normal",
         std: float = 1.0,
         bound: float | None = None,
+        leaf_scale: float = 1.0,
         normalize_outer: bool = False,
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
     ) -> None:
         super().__init__()
         check_positive("dim", dim)
+        if isinstance(leaf_scale, bool) or not isinstance(leaf_scale, (int, float)) or not 0 < leaf_scale < math.inf:
+            raise ValueError(f"leaf_scale must be a finite number > 0, got {leaf_scale!r}")
         check_positive("rank", rank)
         check_positive("order", order)
         batch_shape = tuple(batch_shape)
@@ -82,6 +92,7 @@ class EntangledTensor(nn.Module):
         self.batch_shape = batch_shape
         self.leaf_size = leaf_size(dim, order)
         self.normalize_outer = normalize_outer
+        self.leaf_scale = float(leaf_scale)
         self.leaves = nn.Parameter(
             torch.empty(*batch_shape, rank, order, self.leaf_size, dtype=dtype, device=device)
         )
@@ -92,14 +103,18 @@ class EntangledTensor(nn.Module):
         """``prod(batch_shape) * rank * order * q``."""
         return math.prod(self.batch_shape) * self.rank * self.order * self.leaf_size
 
+    def scaled_leaves(self) -> torch.Tensor:
+        """The factors of the product, ``leaves * leaf_scale`` (the parameter itself when the scale is 1)."""
+        return self.leaves if self.leaf_scale == 1.0 else self.leaves * self.leaf_scale
+
     def forward(self, *, keep_rank: bool = False) -> torch.Tensor:
         """Materialise: ``(*batch_shape, dim)``, or ``(*batch_shape, rank, dim)`` with ``keep_rank``."""
-        return materialize(self.leaves, self.dim, keep_rank=keep_rank, normalize_outer=self.normalize_outer)
+        return materialize(self.scaled_leaves(), self.dim, keep_rank=keep_rank, normalize_outer=self.normalize_outer)
 
     def full(self) -> torch.Tensor:
         """The uncut tensor ``(*batch_shape, q, ..., q)`` (``order`` axes of size ``q``)."""
         q = self.leaf_size
-        return materialize(self.leaves, q**self.order, normalize_outer=self.normalize_outer).reshape(
+        return materialize(self.scaled_leaves(), q**self.order, normalize_outer=self.normalize_outer).reshape(
             *self.batch_shape, *((q,) * self.order)
         )
 
@@ -131,7 +146,8 @@ class EntangledTensor(nn.Module):
         return module, error
 
     def extra_repr(self) -> str:
-        return (
+        text = (
             f"dim={self.dim}, rank={self.rank}, order={self.order}, leaf_size={self.leaf_size}, "
             f"batch_shape={self.batch_shape}"
         )
+        return text + (f", leaf_scale={self.leaf_scale:.4g}" if self.leaf_scale != 1.0 else "")

@@ -14,6 +14,11 @@ Every scheme fills a leaves tensor of shape ``(*batch, rank, order, q)`` in plac
   of order >= 2 would have zero gradient everywhere.) The output is zero in exact arithmetic and within
   floating-point rounding of the sum (about ``1e-7 * std`` in fp32). It needs ``rank >= 2`` when
   ``order >= 2``: a single simple tensor is zero only if one of its leaves is.
+* ``zero_last``: the materialised vector is exactly zero, for any rank: the last leaf of every
+  rank term is zero and the others are ``uniform(-bound, bound)``. The zero leaves receive a
+  gradient at once (the product of their rank's other leaves, which is not zero); the others
+  receive one as soon as the last leaves move, as LoRA's ``A`` does once ``B`` leaves zero.
+  Unlike ``zero_output`` the ranks do not share leaves, so they start different.
 """
 
 from __future__ import annotations
@@ -25,8 +30,8 @@ import torch
 
 __all__ = ["InitScheme", "INIT_SCHEMES", "init_leaves_", "leaf_std_for"]
 
-InitScheme = Literal["normal", "uniform", "leaf_uniform", "zero_output"]
-INIT_SCHEMES: tuple[str, ...] = ("normal", "uniform", "leaf_uniform", "zero_output")
+InitScheme = Literal["normal", "uniform", "leaf_uniform", "zero_output", "zero_last"]
+INIT_SCHEMES: tuple[str, ...] = ("normal", "uniform", "leaf_uniform", "zero_output", "zero_last")
 
 
 def leaf_std_for(std: float, rank: int, order: int) -> float:
@@ -53,7 +58,8 @@ def init_leaves_(
         scheme: one of ``INIT_SCHEMES``.
         std: target standard deviation of materialised entries (``normal``, ``uniform``,
             ``zero_output``'s shared leaves).
-        bound: half-width for ``leaf_uniform`` (required there).
+        bound: leaf half-width for ``leaf_uniform`` and for ``zero_last``'s non-zero leaves
+            (required there).
         generator: optional random generator.
 
     Returns:
@@ -62,10 +68,13 @@ def init_leaves_(
     if scheme not in INIT_SCHEMES:
         raise ValueError(f"init scheme {scheme!r} is unknown; choose one of {INIT_SCHEMES}")
     rank, order = leaves.shape[-3], leaves.shape[-2]
-    if scheme == "leaf_uniform":
+    if scheme in ("leaf_uniform", "zero_last"):
         if bound is None:
-            raise ValueError("init scheme 'leaf_uniform' needs bound=, e.g. gain / sqrt(d_in)")
-        return leaves.uniform_(-bound, bound, generator=generator)
+            raise ValueError(f"init scheme {scheme!r} needs bound=, the leaf half-width (e.g. gain / sqrt(d_in))")
+        leaves.uniform_(-bound, bound, generator=generator)
+        if scheme == "zero_last":
+            leaves[..., order - 1, :] = 0.0
+        return leaves
     leaf_std = leaf_std_for(std, rank, order)
     if scheme == "normal":
         return leaves.normal_(0.0, leaf_std, generator=generator)

@@ -20,13 +20,14 @@ def to_cp(tensor) -> CPTensor:
 
     ``tensor`` is an unbatched [`EntangledTensor`][tensoradapt.algebra.entangled.EntangledTensor]
     without ``normalize_outer``. Returns ``CPTensor((ones(R), [factor_0, ..., factor_{N-1}]))``
-    with ``factor_n = leaves[:, n, :].T`` of shape ``(q, R)``, as torch tensors (detached).
+    with ``factor_n = scaled_leaves()[:, n, :].T`` of shape ``(q, R)`` (the leaves times
+    ``leaf_scale``), as torch tensors (detached).
     """
     if tensor.batch_shape:
         raise ValueError(f"to_cp needs an unbatched EntangledTensor, got batch_shape={tensor.batch_shape}; index it first")
     if tensor.normalize_outer:
         raise ValueError("to_cp is undefined with normalize_outer=True (the LayerNorm breaks the CP form)")
-    leaves = tensor.leaves.detach()
+    leaves = tensor.scaled_leaves().detach()
     factors = [leaves[:, n, :].T.contiguous() for n in range(tensor.order)]
     return CPTensor((torch.ones(tensor.rank, dtype=leaves.dtype, device=leaves.device), factors))
 

@@ -28,6 +28,8 @@ class RankOneBank(ExpertBank):
         Dense vectors: LoRA's, whatever ``init`` says (the T-REX code is PEFT LoRA): every ``a_i``
         Kaiming-uniform (``uniform(+-1/sqrt(d_in))``, as ``nn.Linear``), every ``b_j`` zero, so the
         delta starts at zero.
+        Entangled, ``matched`` (default): ``a`` has LoRA's std, ``b`` is zero through a zero last
+        leaf per rank term, leaf sizes and scales from `matched_init` (LoRA's pace under Adam).
         Entangled, ``reference``: every leaf ``uniform(+-gain / sqrt(d_in))`` (the TensorPoly code;
         ``b`` is not zero). Entangled, ``lora``: ``a`` has LoRA's std, ``b`` the zero-output scheme
         (the product is zero, every leaf still gets gradient), which needs ``tensor_rank >= 2``
@@ -59,7 +61,7 @@ class RankOneBank(ExpertBank):
         entangled: bool = False,
         tensor_rank: int = 1,
         order: int = 2,
-        init: str = "reference",
+        init: str = "matched",
         normalize_outer: bool = False,
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,

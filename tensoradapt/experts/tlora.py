@@ -20,8 +20,16 @@ class TLoRABank(ExpertBank):
     Parameters: ``r * R * N * (q(d_in, N) + q(d_out, N))``.
 
     Init:
+        ``matched`` (default): A's entries have LoRA's Kaiming std, B is zero through a zero last
+        leaf in every rank term, and the leaf sizes and leaf scales (`matched_init`) make every
+        leaf, and so the delta, move at about LoRA's pace under Adam; any ``R``, any ``N``.
+        ``mixing`` and ``expert_weight`` say how a combiner will use the leaves (``leaves`` for
+        TensorPoly-II; the weight of one expert at uniform routing), so the sizes hold for the
+        task's matrices at init.
         ``reference`` (the TensorPoly code): every leaf of A and B ``uniform(+-gain / sqrt(d_in))``;
-        B is not zero (all-zero leaves never receive gradient).
+        B is not zero (all-zero leaves never receive gradient). Its delta is tiny (entries of
+        std ``sqrt(R) (gain / sqrt(3 d_in)) ** N`` on each side) and so are the leaves' gradients:
+        below Adam's ``eps`` on a real model (docs: training dynamics).
         ``lora``: A's entries have LoRA's Kaiming std; B uses the zero-output scheme (needs
         ``R >= 2`` when ``N >= 2``), so the delta starts at zero with every leaf trainable.
 
@@ -44,8 +52,10 @@ class TLoRABank(ExpertBank):
         tensor_rank: int,
         order: int,
         *,
-        init: str = "reference",
+        init: str = "matched",
         normalize_outer: bool = False,
+        mixing: str = "ranks",
+        expert_weight: float = 1.0,
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
     ) -> None:
@@ -58,7 +68,7 @@ class TLoRABank(ExpertBank):
         self.tensor_rank, self.order = tensor_rank, order
         self.down, self.up = entangled_down_up(
             d_in, d_out, lora_rank, lora_rank, tensor_rank, order, init=init, normalize_outer=normalize_outer,
-            dtype=dtype, device=device,
+            mixing=mixing, expert_weight=expert_weight, dtype=dtype, device=device,
         )
 
     @property
@@ -107,7 +117,7 @@ class TLoRABank(ExpertBank):
     @staticmethod
     def _weight_ranks(tensor: EntangledTensor, weights: torch.Tensor) -> torch.Tensor:
         # legend: c LoRA column, k tensor rank, n order, q leaf entry, d entry of the vector
-        leaves = tensor.leaves  # (c, k, n, q)
+        leaves = tensor.scaled_leaves()  # (c, k, n, q)
         weights = weights.to(leaves.dtype)
         if weights.dim() == 1:  # one task: each rank's first leaf scaled by w[k] in the contraction
             return materialize(leaves, tensor.dim, rank_weights=weights)
@@ -134,7 +144,8 @@ class TLoRABank(ExpertBank):
     @staticmethod
     def _mix_leaves(tensor: EntangledTensor, weights: torch.Tensor) -> torch.Tensor:
         # legend: c LoRA column, k tensor rank, n order, q leaf entry
-        mixed = torch.einsum("...nk,cknq->...cnq", weights.to(tensor.leaves.dtype), tensor.leaves)
+        leaves = tensor.scaled_leaves()
+        mixed = torch.einsum("...nk,cknq->...cnq", weights.to(leaves.dtype), leaves)
         # one simple tensor per column: batch shape (*batch, c), so normalize_outer normalises
         # over the columns and the product jointly, separately for every example
         return materialize(mixed.unsqueeze(-3), tensor.dim, normalize_outer=tensor.normalize_outer)

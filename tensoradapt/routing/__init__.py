@@ -7,7 +7,7 @@
   `tensoradapt.routing.semantic_prior`, imported on demand).
 """
 
-from tensoradapt.routing.base import Combiner, TaskIds, TaskRouter, normalized_sigmoid_weights
+from tensoradapt.routing.base import ROUTING_NORMALIZATIONS, Combiner, TaskIds, TaskRouter, normalized_sigmoid_weights
 from tensoradapt.routing.fixed import SumCombiner
 from tensoradapt.routing.linear import LinearRouter, RankRouter, mix_skills
 from tensoradapt.routing.multihead import MultiHeadRouter, check_heads_divide
@@ -15,6 +15,7 @@ from tensoradapt.routing.order import OrderRouter
 from tensoradapt.routing.token import TokenRouter, switch_balance_loss
 
 __all__ = [
+    "ROUTING_NORMALIZATIONS",
     "Combiner",
     "LinearRouter",
     "MultiHeadRouter",

@@ -8,7 +8,18 @@ from torch import nn
 from tensoradapt.algebra.entangled import check_positive
 from tensoradapt.experts.base import ExpertBank
 
-__all__ = ["Combiner", "TaskRouter", "TaskIds", "normalized_sigmoid_weights", "relaxed_bernoulli_rsample"]
+__all__ = [
+    "ROUTING_NORMALIZATIONS",
+    "Combiner",
+    "TaskRouter",
+    "TaskIds",
+    "normalized_sigmoid_weights",
+    "relaxed_bernoulli_rsample",
+]
+
+#: ``sum``: weights divided by their sum (they sum to 1: Poly, the paper). ``mean``: divided by
+#: their mean (they sum to the number of experts ``S``; uniform routing gives every expert 1).
+ROUTING_NORMALIZATIONS: tuple[str, ...] = ("sum", "mean")
 
 #: A single task for the whole batch (``int``) or one task per example (``LongTensor (batch,)``).
 TaskIds = int | torch.Tensor
@@ -36,22 +47,33 @@ def relaxed_bernoulli_rsample(logits: torch.Tensor, temperature: float) -> torch
 
 
 def normalized_sigmoid_weights(
-    logits: torch.Tensor, *, training: bool, noise: str, temperature: float
+    logits: torch.Tensor, *, training: bool, noise: str, temperature: float, normalization: str = "sum"
 ) -> torch.Tensor:
     """Poly's routing weights: relaxed-Bernoulli samples (training, ``noise='relaxed_bernoulli'``)
-    or sigmoids, divided by their sum over the last axis.
+    or sigmoids, divided by their sum (``normalization='sum'``) or by their mean (``'mean'``)
+    over the last axis.
+
+    ``mean`` is ``S`` times ``sum``: the same mixture, ``S`` times larger. It matters where the
+    experts are parts of one adapter rather than whole adapters: TensorPoly-I's experts are the
+    ``R`` rank components of a TLoRA, so with ``mean`` uniform routing is exactly TLoRA, where
+    ``sum`` divides the task's matrices (and Adam's effective step on them) by ``R``.
 
     Args:
         logits: ``(..., S)``.
 
     Returns:
-        ``(..., S)``, non-negative, summing to 1 over ``S``.
+        ``(..., S)``, non-negative, summing to 1 (``sum``) or to ``S`` (``mean``) over ``S``.
     """
+    if normalization not in ROUTING_NORMALIZATIONS:
+        raise ValueError(f"normalization must be one of {ROUTING_NORMALIZATIONS}, got {normalization!r}")
     if training and noise == "relaxed_bernoulli":
         weights = relaxed_bernoulli_rsample(logits, temperature)
     else:
         weights = torch.sigmoid(logits)
-    return weights / (weights.sum(-1, keepdim=True) + _EPS)
+    total = weights.sum(-1, keepdim=True) + _EPS
+    if normalization == "mean":
+        total = total / logits.shape[-1]
+    return weights / total
 
 
 class Combiner(nn.Module):
@@ -76,8 +98,10 @@ class Combiner(nn.Module):
 class TaskRouter(Combiner):
     """A combiner with a learned task-routing logit tensor ``(n_tasks, *route_shape)``.
 
-    Logits start ``uniform(+-init_range)``. With ``average=True`` (the few-shot *modules only*
-    mode, "mu") routing is dropped and every weight is ``1 / S``.
+    Logits start ``uniform(+-init_range)``. Weights are normalised by their sum
+    (``normalization='sum'``, Poly) or their mean (``'mean'``, see `normalized_sigmoid_weights`). With
+    ``average=True`` (the few-shot *modules only* mode, "mu") routing is dropped and every
+    weight is the uniform one: ``1 / S`` (``sum``) or ``1`` (``mean``).
     """
 
     routed = True
@@ -90,12 +114,16 @@ class TaskRouter(Combiner):
         noise: str = "relaxed_bernoulli",
         temperature: float = 1.0,
         init_range: float = 1e-3,
+        normalization: str = "sum",
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
     ) -> None:
         super().__init__()
         check_positive("n_tasks", n_tasks)
+        if normalization not in ROUTING_NORMALIZATIONS:
+            raise ValueError(f"normalization must be one of {ROUTING_NORMALIZATIONS}, got {normalization!r}")
         self.noise, self.temperature, self.init_range = noise, temperature, init_range
+        self.normalization = normalization
         self.average = False
         self.logits = nn.Parameter(torch.empty(n_tasks, *route_shape, dtype=dtype, device=device))
         with torch.no_grad():
@@ -141,7 +169,7 @@ class TaskRouter(Combiner):
         if self.average:
             batched = isinstance(task_ids, torch.Tensor) and task_ids.dim() == 1
             shape = (task_ids.shape[0], *self.logits.shape[1:]) if batched else self.logits.shape[1:]
-            return self.logits.new_full(shape, 1.0 / self.logits.shape[-1])
+            return self.logits.new_full(shape, self.uniform_weight)
         if task_ids is None:
             if self.n_tasks != 1:
                 raise ValueError(
@@ -152,8 +180,14 @@ class TaskRouter(Combiner):
         elif isinstance(task_ids, torch.Tensor) and task_ids.dtype != torch.long:
             task_ids = task_ids.long()  # uint8 would index as a mask, int16 not at all
         return normalized_sigmoid_weights(
-            self.logits[task_ids], training=self.training, noise=self.noise, temperature=self.temperature
+            self.logits[task_ids], training=self.training, noise=self.noise, temperature=self.temperature,
+            normalization=self.normalization,
         )
+
+    @property
+    def uniform_weight(self) -> float:
+        """Every expert's weight under uniform routing: ``1 / S`` (``sum``) or ``1`` (``mean``)."""
+        return 1.0 if self.normalization == "mean" else 1.0 / self.logits.shape[-1]
 
     @torch.no_grad()
     def reset(self, n_tasks: int = 1) -> None:

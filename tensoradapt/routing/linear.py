@@ -51,6 +51,9 @@ class RankRouter(LinearRouter):
 
     Mixing happens after the tensor product: ``A_t = sum_k w[t, k] (x)_n A[k, n]`` (per LoRA
     column), the same for ``B``. It is Poly over a TLoRA bank whose skills are its rank components.
+    With mean-normalised weights (``normalization='mean'``, the library's default for this
+    method) uniform routing is exactly the bank's TLoRA; with the paper's sum-normalised weights
+    it is TLoRA divided by ``R`` on both ``A`` and ``B``.
     On a `TLoRABank` the weights fold into the leaves (`TLoRABank.rank_mixed_matrices`) rather
     than mixing the ``R`` dense simple tensors (TensorPoly-I's training step: 1.25x faster on a
     tiny T5, ``benchmarks/step_time.py``).

@@ -17,6 +17,10 @@ class OrderRouter(TaskRouter):
     For every LoRA column, ``A_t = (x)_n sum_k w[t, n, k] A[k, n]``: the ``R`` leaves of order ``n``
     are averaged with order ``n``'s normalised weights, then the tensor product of the ``N`` mixed
     leaves is taken (one simple tensor per task; the product is what aggregates the experts).
+    With mean-normalised weights (``normalization='mean'``, the library's default for this
+    method) each mixed leaf is the sum of the ``R`` leaves at uniform routing; with the paper's
+    sum-normalised weights it is their average, which scales ``A`` and ``B`` by ``R ** -N`` and
+    Adam's effective step on every mixed leaf by ``1 / R``.
     """
 
     def __init__(self, n_tasks: int, order: int, tensor_rank: int, **kwargs) -> None:

@@ -14,7 +14,10 @@ SCHEMES = [
     dict(init="uniform", std=0.5),
     dict(init="leaf_uniform", bound=0.3),
     dict(init="zero_output", std=0.5),
+    dict(init="zero_last", bound=0.3),
 ]
+#: Schemes whose every leaf has a gradient at init; zero_last's other leaves wait one step (as LoRA's A).
+LIVE_SCHEMES = [scheme for scheme in SCHEMES if scheme["init"] != "zero_last"]
 batch_shapes = st.lists(st.integers(1, 3), min_size=0, max_size=2).map(tuple)
 
 
@@ -30,7 +33,7 @@ def test_the_schemes_under_test_are_all_the_schemes():
     assert {scheme["init"] for scheme in SCHEMES} == set(INIT_SCHEMES)
 
 
-@pytest.mark.parametrize("scheme", SCHEMES, ids=lambda s: s["init"])
+@pytest.mark.parametrize("scheme", LIVE_SCHEMES, ids=lambda s: s["init"])
 @given(dim=st.sampled_from([1, 5, 23, 64, 101]), order=st.integers(1, 4), batch_shape=batch_shapes, data=st.data())
 @settings(max_examples=15)
 def test_every_leaf_receives_gradient(scheme, dim, order, batch_shape, data):
@@ -96,6 +99,29 @@ def test_materialised_entries_have_the_target_std(init, rank, order):
 def test_leaf_std_solves_the_variance_equation(std, rank, order):
     leaf_std = leaf_std_for(std, rank, order)
     assert math.isclose(rank * leaf_std ** (2 * order), std**2, rel_tol=1e-9)
+
+
+@given(dim=st.sampled_from([1, 5, 23, 64, 101]), rank=st.integers(1, 5), order=st.integers(1, 4),
+       batch_shape=batch_shapes, seed=st.integers(0, 2**16))
+@settings(max_examples=20)
+def test_zero_last_is_zero_for_any_rank_and_every_leaf_learns_within_two_steps(dim, rank, order, batch_shape, seed):
+    """The last leaves get a gradient at once; the others as soon as the last leaves have moved."""
+    tensor = EntangledTensor(dim, rank, order, init="zero_last", bound=0.3, batch_shape=batch_shape, dtype=torch.float64)
+    assert tensor().abs().max() == 0
+    assert (tensor.leaves[..., : order - 1, :].abs().amax(-1) > 0).all()
+    live = leaf_rows_with_gradient(tensor, seed=seed)
+    assert live[..., order - 1].all()
+    if order >= 2:
+        assert not live[..., : order - 1].any()
+    with torch.no_grad():
+        tensor.leaves -= 0.1 * tensor.leaves.grad
+    tensor.leaves.grad = None
+    assert leaf_rows_with_gradient(tensor, seed=seed + 1).all()
+
+
+def test_zero_last_needs_a_bound():
+    with pytest.raises(ValueError, match="bound"):
+        EntangledTensor(16, 1, 2, init="zero_last")
 
 
 def test_leaf_uniform_needs_a_bound_and_respects_it():

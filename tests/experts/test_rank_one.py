@@ -9,7 +9,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from references import kron_chain, randomize
+from references import factors, kron_chain, randomize
 from tensoradapt.algebra import leaf_size
 from tensoradapt.experts import RankOneBank
 
@@ -61,16 +61,16 @@ def test_entangled_vectors_are_the_materialised_leaves(d_in, d_out, r1, r2, orde
     down, up = bank.vectors()
     q_in, q_out = leaf_size(d_in, order), leaf_size(d_out, order)
     for i in range(r1):  # plain chained kron of the leaves, summed over ranks, cut to d
-        reference = sum(kron_chain(bank.down.leaves[i, k]) for k in range(2))[:d_in]
+        reference = sum(kron_chain(factors(bank.down)[i, k]) for k in range(2))[:d_in]
         torch.testing.assert_close(down[:, i], reference)
     for j in range(r2):
-        reference = sum(kron_chain(bank.up.leaves[j, k]) for k in range(2))[:d_out]
+        reference = sum(kron_chain(factors(bank.up)[j, k]) for k in range(2))[:d_out]
         torch.testing.assert_close(up[j], reference)
     assert bank.down.leaves.shape[-1] == q_in and bank.up.leaves.shape[-1] == q_out
 
 
-def test_dense_init_is_lora_for_both_init_names():
-    for init in ("reference", "lora"):
+def test_dense_init_is_lora_for_every_init_name():
+    for init in ("matched", "reference", "lora"):
         bank = RankOneBank(64, 48, 4, 8, init=init)
         down, up = bank.vectors()
         assert torch.count_nonzero(up) == 0
@@ -83,6 +83,15 @@ def test_entangled_lora_init_starts_at_zero_with_live_leaves():
     down, up = bank.vectors()
     assert up.abs().max() < 1e-5 and down.abs().max() > 0
     assert torch.count_nonzero(bank.up.leaves) == bank.up.leaves.numel()
+
+
+@pytest.mark.parametrize("tensor_rank", [1, 2])
+def test_entangled_matched_init_starts_at_zero_for_any_tensor_rank(tensor_rank: int):
+    torch.manual_seed(0)
+    bank = RankOneBank(384, 48, 64, 8, entangled=True, tensor_rank=tensor_rank, order=2)
+    down, up = bank.vectors()
+    assert torch.count_nonzero(up) == 0
+    assert float(down.detach().std()) == pytest.approx(1 / math.sqrt(3 * 384), rel=0.2)
 
 
 def test_entangled_reference_init_has_nonzero_b():

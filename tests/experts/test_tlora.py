@@ -15,8 +15,9 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from references import kron_rows, plain_layer_norm, randomize
+from references import factors, kron_rows, plain_layer_norm, randomize
 from tensoradapt.experts import TLoRABank
+from tensoradapt.experts.base import matched_init
 
 dims = st.sampled_from([1, 2, 3, 5, 7, 8, 9, 11, 13, 17])
 lora_ranks = st.integers(1, 3)
@@ -40,8 +41,8 @@ def kron_columns(leaves: torch.Tensor, dim: int, *, normalize: bool = False) -> 
 
 def reference_matrices(bank: TLoRABank, *, normalize: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Dense ``A (d_in, r)`` and ``B (r, d_out)`` from the leaves, one rank component at a time."""
-    down = kron_columns(bank.down.leaves.detach(), bank.d_in, normalize=normalize)
-    up = kron_columns(bank.up.leaves.detach(), bank.d_out, normalize=normalize)
+    down = kron_columns(factors(bank.down), bank.d_in, normalize=normalize)
+    up = kron_columns(factors(bank.up), bank.d_out, normalize=normalize)
     return down.T, up
 
 
@@ -75,8 +76,8 @@ def test_skills_are_the_simple_tensors_of_each_rank(d_in, d_out, rank, tensor_ra
     assert down.shape == (tensor_rank, d_in, rank) and up.shape == (tensor_rank, rank, d_out)
     assert bank.n_skills == tensor_rank
     for k in range(tensor_rank):
-        torch.testing.assert_close(down[k], kron_rows(bank.down.leaves.detach()[:, k], d_in).T)
-        torch.testing.assert_close(up[k], kron_rows(bank.up.leaves.detach()[:, k], d_out))
+        torch.testing.assert_close(down[k], kron_rows(factors(bank.down)[:, k], d_in).T)
+        torch.testing.assert_close(up[k], kron_rows(factors(bank.up)[:, k], d_out))
 
 
 @given(d_in=dims, d_out=dims, rank=lora_ranks, tensor_rank=tensor_ranks, order=orders, seed=seeds)
@@ -111,7 +112,7 @@ def test_normalize_outer_normalizes_the_r_columns_together(order: int) -> None:
         assert abs(float((centred**2).mean()) - 1.0) < 1e-3
         column_means = block.mean(dim=0)
         assert float(column_means.abs().max()) > 1e-3  # columns are not centred one by one
-        leaves = bank.down.leaves.detach()[:, k]  # (r, N, q)
+        leaves = factors(bank.down)[:, k]  # (r, N, q)
         per_column = []
         for c in range(rank):
             product = leaves[c, 0]
@@ -155,8 +156,8 @@ def test_order_one_rank_one_is_plain_lora(d_in, d_out, rank, seed) -> None:
 def test_order_one_sums_the_ranks_as_dense_vectors(d_in, d_out, rank, tensor_rank, seed) -> None:
     bank = randomize(TLoRABank(d_in, d_out, rank, tensor_rank, 1, dtype=torch.float64), seed)
     down, up = bank.summed_matrices()
-    torch.testing.assert_close(down, bank.down.leaves[:, :, 0, :].sum(1).T)
-    torch.testing.assert_close(up, bank.up.leaves[:, :, 0, :].sum(1))
+    torch.testing.assert_close(down, factors(bank.down)[:, :, 0, :].sum(1).T)
+    torch.testing.assert_close(up, factors(bank.up)[:, :, 0, :].sum(1))
 
 
 def _loss(bank: TLoRABank, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -216,7 +217,7 @@ def test_lora_init_with_one_tensor_rank_is_refused(order: int) -> None:
 def test_reference_init_bounds_every_leaf_of_a_and_b(d_in: int, order: int) -> None:
     """Leaves of A *and* B are U(+-gain / sqrt(d_in)), gain = calculate_gain('leaky_relu', sqrt(5))."""
     torch.manual_seed(0)
-    bank = TLoRABank(d_in, 30, 8, 4, order)
+    bank = TLoRABank(d_in, 30, 8, 4, order, init="reference")
     bound = torch.nn.init.calculate_gain("leaky_relu", math.sqrt(5)) / math.sqrt(d_in)
     assert bound == pytest.approx(math.sqrt(2.0 / 6.0) / math.sqrt(d_in))
     for leaves in (bank.down.leaves, bank.up.leaves):
@@ -232,6 +233,95 @@ def test_lora_init_a_has_kaiming_std(order: int) -> None:
     bank = TLoRABank(d_in, 16, 64, 2, order, init="lora")
     down, _ = bank.summed_matrices()
     assert down.std().item() == pytest.approx(1.0 / math.sqrt(3.0 * d_in), rel=0.15)
+
+
+@pytest.mark.parametrize("order", [1, 2, 3, 4])
+@pytest.mark.parametrize("tensor_rank", [1, 8])
+def test_matched_init_a_has_kaiming_std_and_b_is_zero_for_any_rank(order: int, tensor_rank: int) -> None:
+    """The default init: A as LoRA's (std 1 / sqrt(3 d_in)), B exactly zero, also at R = 1."""
+    torch.manual_seed(0)
+    d_in = 384
+    bank = TLoRABank(d_in, 300, 64, tensor_rank, order, dtype=torch.float64)
+    down, up = bank.summed_matrices()
+    assert down.std().item() == pytest.approx(1.0 / math.sqrt(3.0 * d_in), rel=0.2)
+    assert torch.count_nonzero(up) == 0
+
+
+@pytest.mark.parametrize("order", [2, 3, 4])
+@pytest.mark.parametrize("tensor_rank", [1, 8])
+def test_matched_init_of_mixed_leaves_gives_a_kaiming_std_once_mixed(order: int, tensor_rank: int) -> None:
+    """``mixing='leaves'`` (TensorPoly-II): the product of the summed leaves has LoRA's std."""
+    torch.manual_seed(0)
+    d_in = 384
+    bank = TLoRABank(d_in, 300, 64, tensor_rank, order, mixing="leaves", dtype=torch.float64)
+    down, up = bank.order_mixed_matrices(torch.ones(order, tensor_rank, dtype=torch.float64))
+    assert down.std().item() == pytest.approx(1.0 / math.sqrt(3.0 * d_in), rel=0.25)
+    assert torch.count_nonzero(up) == 0
+
+
+def _first_adam_step_of_b(bank: TLoRABank, combine, seed: int = 0) -> float:
+    """``||B' - B||`` after one Adam step (``lr * sign(grad)``), over LoRA's ``lr * sqrt(r d_out)``."""
+    generator = torch.Generator().manual_seed(seed)
+    lr = 1e-3
+    x = torch.randn(64, bank.d_in, generator=generator, dtype=torch.float64)
+    target = torch.randn(64, bank.d_out, generator=generator, dtype=torch.float64)
+    down, up = combine(bank)
+    ((x @ down @ up - target) ** 2).mean().backward()
+    with torch.no_grad():
+        before = combine(bank)[1]
+        for parameter in bank.parameters():
+            parameter -= lr * torch.sign(parameter.grad)
+        after = combine(bank)[1]
+    return float((after - before).norm() / (lr * math.sqrt(bank.lora_rank * bank.d_out)))
+
+
+@pytest.mark.parametrize("order", [2, 3, 4])
+@pytest.mark.parametrize("tensor_rank", [1, 8])
+def test_matched_init_moves_b_at_loras_pace_and_reference_does_not(order: int, tensor_rank: int) -> None:
+    """Adam's first step moves LoRA's zero B by ``lr`` per entry; the matched leaves move B as far.
+
+    The reference init's leaves move it 40x (N = 2) to 10^5x (N = 4) less: the cause of the
+    stuck TLoRA-based methods (docs: training dynamics).
+    """
+    summed = lambda bank: bank.summed_matrices()  # noqa: E731
+    mixed = lambda bank: bank.order_mixed_matrices(torch.ones(order, tensor_rank, dtype=torch.float64))  # noqa: E731
+    torch.manual_seed(0)
+    matched = TLoRABank(384, 384, 8, tensor_rank, order, dtype=torch.float64)
+    assert 0.5 < _first_adam_step_of_b(matched, summed) < 2.0
+    leaves = TLoRABank(384, 384, 8, tensor_rank, order, mixing="leaves", dtype=torch.float64)
+    assert 0.5 < _first_adam_step_of_b(leaves, mixed) < 2.0
+    reference = TLoRABank(384, 384, 8, tensor_rank, order, init="reference", dtype=torch.float64)
+    assert _first_adam_step_of_b(reference, summed) < 0.1
+
+
+@pytest.mark.parametrize("mixing", ["ranks", "leaves"])
+@pytest.mark.parametrize("expert_weight", [1.0, 1 / 8])
+@pytest.mark.parametrize("order", [2, 3, 4])
+def test_matched_init_solves_its_equations(mixing: str, expert_weight: float, order: int) -> None:
+    """Stored leaves of std s, scale g: A's std is LoRA's, B's first step LoRA's (the docstring's equations)."""
+    sigma, rank, u = 1.0 / math.sqrt(3.0 * 384), 8, expert_weight
+    init = matched_init(384, rank, order, mixing=mixing, expert_weight=u)
+    s = init.down_bound / math.sqrt(3.0)
+    assert init.up_bound == init.down_bound
+    # stored at sqrt(N) sigma; mixed leaves R ** (1/4) larger (their R leaves move in lockstep)
+    assert s == pytest.approx(math.sqrt(order) * (rank**0.25 if mixing == "leaves" else 1.0) * sigma)
+    g_a, g_b = init.down_scale, init.up_scale
+    if mixing == "ranks":
+        assert u * math.sqrt(rank) * (g_a * s) ** order == pytest.approx(sigma)
+        assert u * math.sqrt(rank) * (g_b * s) ** (order - 1) * g_b == pytest.approx(1.0)
+    else:
+        assert (u * math.sqrt(rank) * g_a * s) ** order == pytest.approx(sigma)
+        assert (u * math.sqrt(rank) * g_b * s) ** (order - 1) * u * rank * g_b == pytest.approx(1.0)
+
+
+def test_matched_init_is_loras_at_order_one_and_rank_one() -> None:
+    init = matched_init(384, 1, 1)
+    assert init.down_scale == pytest.approx(1.0) and init.up_scale == pytest.approx(1.0)
+    assert init.down_bound == pytest.approx(1.0 / math.sqrt(384))  # nn.Linear's Kaiming-uniform bound
+    with pytest.raises(ValueError, match="mixing"):
+        matched_init(384, 8, 2, mixing="orders")
+    with pytest.raises(ValueError, match="expert_weight"):
+        matched_init(384, 8, 2, expert_weight=0.0)
 
 
 @pytest.mark.parametrize(

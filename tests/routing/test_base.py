@@ -208,3 +208,36 @@ def test_reset_and_add_task() -> None:
 def test_bad_route_shapes_name_the_parameter(build, name: str) -> None:
     with pytest.raises(ValueError, match=name):
         build()
+
+
+# --- mean normalisation ------------------------------------------------------------------------
+
+
+@given(n_tasks=tasks, n_skills=skills, seed=seeds, training=st.booleans())
+def test_mean_normalised_weights_are_s_times_the_sum_normalised(n_tasks, n_skills, seed, training) -> None:
+    """``normalization='mean'``: the same mixture, summing to ``S`` instead of 1."""
+    torch.manual_seed(seed)
+    logits = torch.randn(n_tasks, n_skills, dtype=torch.float64) * 3
+    by_sum = normalized_sigmoid_weights(logits, training=False, noise="none", temperature=1.0)
+    by_mean = normalized_sigmoid_weights(logits, training=False, noise="none", temperature=1.0, normalization="mean")
+    for t in range(n_tasks):
+        torch.testing.assert_close(by_mean[t], n_skills * plain_poly_weights(logits[t]), rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(by_mean, n_skills * by_sum, rtol=1e-12, atol=1e-12)
+    router = random_logits(RankRouter(n_tasks, n_skills, normalization="mean", dtype=torch.float64), seed)
+    router.train(training)
+    torch.testing.assert_close(router.weights(0).sum(), torch.tensor(float(n_skills), dtype=torch.float64))
+
+
+@pytest.mark.parametrize("build", [lambda **kw: RankRouter(3, 5, **kw), lambda **kw: OrderRouter(3, 2, 5, **kw)])
+def test_average_under_mean_normalisation_gives_one(build) -> None:
+    router = build(normalization="mean")
+    router.average = True
+    torch.testing.assert_close(router.weights(1), torch.ones(router.logits.shape[1:]))
+    assert router.uniform_weight == 1.0 and build().uniform_weight == 1.0 / 5
+
+
+def test_unknown_normalization_names_the_parameter() -> None:
+    with pytest.raises(ValueError, match="normalization"):
+        RankRouter(2, 3, normalization="softmax")
+    with pytest.raises(ValueError, match="normalization"):
+        normalized_sigmoid_weights(torch.zeros(2), training=False, noise="none", temperature=1.0, normalization="l2")

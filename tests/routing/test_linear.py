@@ -12,7 +12,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from references import kron_rows, plain_weights, randomize
+from references import factors, kron_rows, plain_weights, randomize
 from tensoradapt.experts import LoRABank, TLoRABank
 from tensoradapt.routing import LinearRouter, RankRouter
 
@@ -38,8 +38,8 @@ def rank_mixed_reference(bank: TLoRABank, weights: list[float], normalize: bool 
     down = torch.zeros(bank.lora_rank, bank.d_in, dtype=torch.float64)
     up = torch.zeros(bank.lora_rank, bank.d_out, dtype=torch.float64)
     for k, w in enumerate(weights):
-        down = down + w * kron_rows(bank.down.leaves[:, k].detach(), bank.d_in, normalize=normalize)
-        up = up + w * kron_rows(bank.up.leaves[:, k].detach(), bank.d_out, normalize=normalize)
+        down = down + w * kron_rows(factors(bank.down)[:, k], bank.d_in, normalize=normalize)
+        up = up + w * kron_rows(factors(bank.up)[:, k], bank.d_out, normalize=normalize)
     return down.T, up
 
 
@@ -182,11 +182,28 @@ def test_tensorpoly_i_with_one_tensor_rank_is_tlora(d_in, d_out, rank, order, n_
 @pytest.mark.parametrize("normalize", [False, True])
 @pytest.mark.parametrize("order", [1, 2, 3])
 def test_tensorpoly_i_gradients_reach_logits_and_every_leaf(normalize: bool, order: int) -> None:
+    # init='reference' (B not zero): at a zero B, as LoRA's, A's leaves and the logits wait a step
     torch.manual_seed(0)
-    bank = TLoRABank(9, 5, 2, 3, order, normalize_outer=normalize, dtype=torch.float64)
+    bank = TLoRABank(9, 5, 2, 3, order, init="reference", normalize_outer=normalize, dtype=torch.float64)
     router = RankRouter(2, 3, dtype=torch.float64).train()
     down, up = router.adapter_matrices(bank, torch.tensor([1, 1, 0]))
     (down @ up * torch.randn(3, 9, 5, dtype=torch.float64)).sum().backward()
     for leaves in (bank.down.leaves, bank.up.leaves):
         assert (leaves.grad.flatten(2).abs().sum(-1) > 0).all()  # every (column, rank, order) leaf
     assert (router.logits.grad.abs() > 0).all()
+
+
+@given(d_in=dims, d_out=dims, rank=ranks, tensor_rank=st.integers(1, 4), order=orders, seed=seeds)
+def test_uniform_mean_normalised_tensorpoly_i_is_tlora(d_in, d_out, rank, tensor_rank, order, seed) -> None:
+    """The library's default for TensorPoly-I: equal logits give every rank weight 1, i.e. TLoRA."""
+    bank = randomize(TLoRABank(d_in, d_out, rank, tensor_rank, order, dtype=torch.float64), seed)
+    router = RankRouter(2, tensor_rank, normalization="mean", dtype=torch.float64).eval()
+    with torch.no_grad():
+        router.logits.fill_(0.37)
+    down, up = router.adapter_matrices(bank, 1)
+    expected_down, expected_up = rank_mixed_reference(bank, [1.0] * tensor_rank)
+    torch.testing.assert_close(down, expected_down, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(up, expected_up, rtol=1e-10, atol=1e-12)
+    tlora_down, tlora_up = bank.summed_matrices()
+    torch.testing.assert_close(down, tlora_down, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(up, tlora_up, rtol=1e-10, atol=1e-12)

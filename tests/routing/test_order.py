@@ -13,7 +13,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from references import kron_rows, plain_weights, randomize
+from references import factors, kron_rows, plain_weights, randomize
 from tensoradapt.experts import LoRABank, TLoRABank
 from tensoradapt.routing import LinearRouter, OrderRouter, RankRouter
 
@@ -47,8 +47,8 @@ def order_mixed_columns(leaves: torch.Tensor, weights: list[list[float]], dim: i
 def order_reference(bank: TLoRABank, logits: torch.Tensor, normalize: bool = False):
     """``logits (N, R)`` of one task -> ``A (d_in, r)``, ``B (r, d_out)``."""
     weights = [plain_weights(logits[n]) for n in range(logits.shape[0])]
-    down = order_mixed_columns(bank.down.leaves.detach(), weights, bank.d_in, normalize)
-    up = order_mixed_columns(bank.up.leaves.detach(), weights, bank.d_out, normalize)
+    down = order_mixed_columns(factors(bank.down), weights, bank.d_in, normalize)
+    up = order_mixed_columns(factors(bank.up), weights, bank.d_out, normalize)
     return down.T, up
 
 
@@ -100,8 +100,8 @@ def test_order_one_is_poly_over_the_rank_components(d_in, d_out, rank, tensor_ra
         down, up = router.adapter_matrices(bank, t)
         # Poly over the R order-1 components, written out: sum_k w_k a[c, k, 0].
         weights = plain_weights(poly.logits[t])
-        expected_down = sum(w * bank.down.leaves[:, k, 0, :].detach().T for k, w in enumerate(weights))
-        expected_up = sum(w * bank.up.leaves[:, k, 0, :].detach() for k, w in enumerate(weights))
+        expected_down = sum(w * factors(bank.down)[:, k, 0, :].T for k, w in enumerate(weights))
+        expected_up = sum(w * factors(bank.up)[:, k, 0, :] for k, w in enumerate(weights))
         torch.testing.assert_close(down, expected_down)
         torch.testing.assert_close(up, expected_up)
         for other in (poly, rank_router):
@@ -142,8 +142,9 @@ def test_routing_parameter_count_is_tasks_orders_ranks() -> None:
 @pytest.mark.parametrize("normalize", [False, True])
 @pytest.mark.parametrize("order", [1, 2, 3])
 def test_gradients_reach_logits_and_every_leaf(normalize: bool, order: int) -> None:
+    # init='reference' (B not zero): at a zero B, as LoRA's, A's leaves and the logits wait a step
     torch.manual_seed(0)
-    bank = TLoRABank(8, 5, 2, 3, order, normalize_outer=normalize, dtype=torch.float64)
+    bank = TLoRABank(8, 5, 2, 3, order, init="reference", normalize_outer=normalize, dtype=torch.float64)
     router = OrderRouter(2, order, 3, dtype=torch.float64).train()
     down, up = router.adapter_matrices(bank, torch.tensor([0, 1, 1]))
     (down @ up * torch.randn(3, 8, 5, dtype=torch.float64)).sum().backward()

@@ -13,7 +13,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from references import kron_chain, plain_softmax, plain_token_weights, randomize
+from references import factors, kron_chain, plain_softmax, plain_token_weights, randomize
 from tensoradapt.config import AdapterConfig
 from tensoradapt.experts import RankOneBank
 from tensoradapt.layers import AdaptedLinear
@@ -39,8 +39,8 @@ def plain_vectors(bank: RankOneBank) -> tuple[list[torch.Tensor], list[torch.Ten
     def vector(leaves: torch.Tensor, dim: int) -> torch.Tensor:  # leaves (rank, order, q)
         return sum(kron_chain(leaves[k].double()) for k in range(leaves.shape[0]))[:dim]
 
-    down = [vector(bank.down.leaves.detach()[i], bank.d_in) for i in range(bank.n_down)]
-    up = [vector(bank.up.leaves.detach()[j], bank.d_out) for j in range(bank.n_up)]
+    down = [vector(factors(bank.down)[i], bank.d_in) for i in range(bank.n_down)]
+    up = [vector(factors(bank.up)[j], bank.d_out) for j in range(bank.n_up)]
     return down, up
 
 
