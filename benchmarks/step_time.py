@@ -23,6 +23,7 @@ Usage::
     python benchmarks/step_time.py --model-size small --repeats 21
     python benchmarks/step_time.py --model-size t0-3b --device cuda --dtype bf16
     python benchmarks/step_time.py --profile tlora                    # torch.profiler table, then exit
+    python benchmarks/step_time.py --compile --json benchmarks/results/step_time_compiled.json
     python benchmarks/step_time.py --quick --json /tmp/step_time.json # seconds, for smoke tests
 """
 
@@ -194,14 +195,20 @@ def task_kwargs(name: str, batch_kind: str, settings: Settings, device: torch.de
     return {"task_ids": torch.full((b,), single, dtype=torch.long, device=device)}
 
 
-def make_step(model: torch.nn.Module, batch: dict, kwargs: dict) -> Callable[[], None]:
-    """One training step: reset gradients, forward with labels, backward of the loss."""
+def make_step(model: torch.nn.Module, batch: dict, kwargs: dict, *, compiled: bool = False) -> Callable[[], None]:
+    """One training step: reset gradients, forward with labels, backward of the loss.
+
+    ``compiled``: through ``torch.compile(model)`` (inductor), the first call compiling; ours with
+    ``fullgraph=True`` (one graph, docs: how-to "Compile a model"), PEFT's without (its Poly / MHR
+    read task ids on the host: graph breaks).
+    """
     trainable = [p for p in model.parameters() if p.requires_grad]
+    call = torch.compile(model, fullgraph=not hasattr(model, "peft_config")) if compiled else model
 
     def step() -> None:
         for parameter in trainable:
             parameter.grad = None
-        model(**batch, **kwargs).loss.backward()
+        call(**batch, **kwargs).loss.backward()
 
     return step
 
@@ -231,8 +238,13 @@ def measure(
     min_sample_s: float,
     seed: int,
     profile_variant: str | None = None,
+    compiled: bool = False,
 ) -> dict:
-    """Build every variant, then per batch kind: interleaved step samples and one step's peak memory."""
+    """Build every variant, then per batch kind: interleaved step samples and one step's peak memory.
+
+    ``compiled``: every step through ``torch.compile`` (`make_step`), each compiled by one call
+    before anything is measured.
+    """
     base = t5_base(settings.model_size, device=device, dtype=dtype, seed=seed).train()
     for parameter in base.parameters():
         parameter.requires_grad_(False)
@@ -241,8 +253,12 @@ def measure(
     results: dict = {"samples": {}, "median_s": {}, "peak_memory_bytes": {}, "ratios": {}, "ratio_of_medians": {}}
     for batch_kind in BATCHES:
         steps = {
-            name: make_step(models[name], batch, task_kwargs(name, batch_kind, settings, device)) for name in variants
+            name: make_step(models[name], batch, task_kwargs(name, batch_kind, settings, device), compiled=compiled)
+            for name in variants
         }
+        if compiled:
+            for step in steps.values():
+                step()  # compiles, outside the CPU memory tracker's dispatch mode
         if profile_variant is not None:
             print(f"== {profile_variant}, {batch_kind} batch ==")
             print(profile(profile_variant, steps))
@@ -280,7 +296,8 @@ def markdown(payload: dict) -> str:
         f"{settings['batch_size']} x {settings['source_length']} -> {settings['target_length']} tokens; LoRA rank "
         f"r={settings['lora_rank']}, tensor rank R={settings['tensor_rank']}, order N={settings['order']}, "
         f"S={settings['n_skills']} skills, H={settings['n_heads']} MHR heads, {settings['n_tasks']} tasks. "
-        f"Forward + backward, median over {settings['repeats']} interleaved rounds of the per-round ratio. "
+        f"Forward + backward{' compiled (`torch.compile`)' if settings.get('compile') else ''}, "
+        f"median over {settings['repeats']} interleaved rounds of the per-round ratio. "
         f"Reproduce with `python benchmarks/step_time.py {payload['command']}`.".replace(" `python benchmarks/step_time.py `", " `python benchmarks/step_time.py`"),
         "",
         "## Headline (mixed-task batch)",
@@ -356,6 +373,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--min-sample-s", type=float, default=0.05, help="repeat a step until a sample lasts this long")
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of " + ",".join(VARIANTS))
     parser.add_argument("--profile", choices=VARIANTS, help="print torch.profiler tables for this variant and exit")
+    parser.add_argument("--compile", action="store_true", help="time steps of torch.compile(model) (inductor)")
     args = parser.parse_args(argv)
     apply_threads(args.threads)
     device, dtype = resolve_device(args.device), DTYPES[args.dtype]
@@ -391,6 +409,7 @@ def main(argv: list[str] | None = None) -> dict:
         min_sample_s=args.min_sample_s,
         seed=args.seed,
         profile_variant=args.profile,
+        compiled=args.compile,
     )
     if args.profile:
         return results
@@ -405,6 +424,7 @@ def main(argv: list[str] | None = None) -> dict:
             "min_sample_s": args.min_sample_s,
             "seed": args.seed,
             "variants": list(variants),
+            "compile": args.compile,
         },
         "environment": environment(device),
         "ratios": results["ratios"]["mixed"],
@@ -418,6 +438,9 @@ def main(argv: list[str] | None = None) -> dict:
         "adapter_parameters": results["adapter_parameters"],
         "samples_s": results["samples"],
     }
+    if args.compile and device.type == "cpu":
+        payload["notes"] = ["Compiled steps: the CPU peak memory counts only the storages made through the "
+                            "dispatcher; inductor's kernels allocate their buffers outside it."]
     text = markdown(payload)
     print(text)
     write_outputs(args.json, payload, text)

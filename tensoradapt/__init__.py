@@ -15,6 +15,7 @@ The lifecycle in one call each way, as PEFT's::
 """
 
 from tensoradapt.algebra import EntangledTensor, fit_leaves, leaf_size, materialize
+from tensoradapt.arrow import arrow_routing, arrow_task_row
 from tensoradapt.checkpoint import (
     CheckpointError,
     adapter_state_dict,
@@ -26,6 +27,7 @@ from tensoradapt.checkpoint import (
 from tensoradapt.config import METHOD_LABELS, METHODS, TRAINING_MODES, AdapterConfig
 from tensoradapt.export import export_peft_lora, task_lora_matrices
 from tensoradapt.layers import AdaptedLinear
+from tensoradapt.library import LibraryExport, LibraryImport, export_lora_library, from_lora_library
 from tensoradapt.model import (
     adapted_layers,
     adapter_config,
@@ -35,6 +37,7 @@ from tensoradapt.model import (
     unmerge,
     use_routing,
 )
+from tensoradapt.peft_lora import LoraLibraryError
 from tensoradapt.trainable import (
     add_task,
     count_parameters,
@@ -53,14 +56,21 @@ __all__ = [
     "AdapterConfig",
     "CheckpointError",
     "EntangledTensor",
+    "LibraryExport",
+    "LibraryImport",
+    "LoraLibraryError",
     "adapted_layers",
     "adapter_config",
     "adapter_state_dict",
     "add_task",
+    "arrow_routing",
+    "arrow_task_row",
     "count_parameters",
     "disable_adapters",
+    "export_lora_library",
     "export_peft_lora",
     "fit_leaves",
+    "from_lora_library",
     "from_pretrained",
     "inject",
     "leaf_size",

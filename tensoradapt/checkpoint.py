@@ -26,6 +26,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors.torch import load as load_bytes
@@ -36,6 +37,9 @@ from tensoradapt.atomic import atomic_write
 from tensoradapt.config import CONFIG_NAME, SHA256_KEY, AdapterConfig
 from tensoradapt.layers import AdaptedLinear
 from tensoradapt.model import _CONFIG_ATTR, _inject, adapted_layers, adapter_config
+
+if TYPE_CHECKING:  # the semantic prior loads its encoder's libraries: imported where used
+    from tensoradapt.routing.semantic_prior import SemanticPrior
 
 __all__ = [
     "WEIGHTS_NAME",
@@ -135,7 +139,9 @@ def _check_prior(config: AdapterConfig, prior) -> None:
     prior.encoder.identity  # noqa: B018 - SemanticPrior.save records it: fail before any file is written
 
 
-def save_pretrained(model: nn.Module, directory: str | os.PathLike, *, semantic_prior=None) -> Path:
+def save_pretrained(
+    model: nn.Module, directory: str | os.PathLike, *, semantic_prior: SemanticPrior | None = None
+) -> Path:
     """Write an injected model's adapters into ``directory``; `from_pretrained` reads them back.
 
     Writes ``adapter_model.safetensors`` (parameters, T-REX's task prior and calibration),

@@ -36,7 +36,7 @@ METHOD_LABELS: dict[str, str] = {
 TRAINING_MODES: tuple[str, ...] = ("full", "routing_only", "modules_only")
 ROUTING_NOISES: tuple[str, ...] = ("relaxed_bernoulli", "none")
 INITS: tuple[str, ...] = ("matched", "lora", "reference")
-ROUTING_NORMALIZATIONS: tuple[str, ...] = ("sum", "mean")
+ROUTING_NORMALIZATIONS: tuple[str, ...] = ("sum", "mean", "identity")
 TREX_PRIOR_MIXES: tuple[str, ...] = ("weights", "logits")
 CONFIG_NAME = "adapter_config.json"
 #: Key of ``adapter_config.json`` that is no config field: ``{file name: sha256}`` of the files saved beside it.
@@ -114,8 +114,9 @@ class AdapterConfig:
         default=None,
         metadata={
             "help": "routing weights divided by their 'sum' (they sum to 1: Poly, the paper) or their 'mean' "
-            "(they sum to the number of experts: uniform TensorPoly-I routing is TLoRA); None: 'mean' for "
-            "tensorpoly_i / tensorpoly_ii, 'sum' for poly / mhr"
+            "(they sum to the number of experts: uniform TensorPoly-I routing is TLoRA), or 'identity' (the "
+            "routing logits are the weights: no sigmoid, no noise; exact one-hot rows of an imported LoRA "
+            "library); None: 'mean' for tensorpoly_i / tensorpoly_ii, 'sum' for poly / mhr"
         },
     )
     mode: str = field(default="full", metadata={"help": f"training mode, one of {TRAINING_MODES}"})

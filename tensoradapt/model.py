@@ -31,6 +31,7 @@ __all__ = [
 _STATE_ATTR = "_tensoradapt_state"
 _CONFIG_ATTR = "_tensoradapt_config"
 _MERGED_ATTR = "_tensoradapt_merged_task"
+_FIRST_LAYER_ATTR = "_tensoradapt_first_layer"  # the name of one adapted layer: where the adapters live
 
 
 def _accepts(module: nn.Module) -> bool:
@@ -76,11 +77,31 @@ def validate_task_ids(task_ids, n_tasks: int) -> TaskIds | None:
     example. numpy works the same: an integer scalar (``np.int64(3)``) or 0-d array is an ``int``,
     a 1-d integer array (``np.array([2, 0, 1])``) a ``LongTensor (batch,)``. Ids on the CPU are
     range-checked here (free: no device synchronisation); ids already on an accelerator are taken
-    as they are, to keep the forward free of host-device syncs.
+    as they are, to keep the forward free of host-device syncs. While ``torch.compile`` traces,
+    the range check of CPU ids is an op of the graph (``torch._assert_async``, no host read): a
+    bad id raises a ``RuntimeError`` with the same message when the graph runs.
 
     Raises:
         ValueError: an id outside ``[0, n_tasks)``, a non-integer dtype, or a tensor of rank > 1.
     """
+    task_ids = _checked_form(task_ids, n_tasks)
+    if not isinstance(task_ids, torch.Tensor):
+        return task_ids
+    if task_ids.device.type == "cpu" and task_ids.numel():
+        known = f"the adapters know tasks 0..{n_tasks - 1}"
+        if torch.compiler.is_compiling():
+            in_range = ((task_ids >= 0) & (task_ids < n_tasks)).all()
+            torch._assert_async(in_range, f"task_ids holds an id out of range: {known}")
+        else:
+            low, high = int(task_ids.min()), int(task_ids.max())
+            if low < 0 or high >= n_tasks:
+                bad = low if low < 0 else high
+                raise ValueError(f"task_ids holds {bad}, out of range: {known}")
+    return task_ids.long()
+
+
+def _checked_form(task_ids, n_tasks: int) -> TaskIds | None:
+    """`validate_task_ids`'s checks that read no tensor value: type, dtype, rank, an ``int``'s range."""
     if task_ids is None:
         return None
     task_ids = _from_numpy(task_ids)
@@ -96,22 +117,31 @@ def validate_task_ids(task_ids, n_tasks: int) -> TaskIds | None:
         raise ValueError(f"task_ids must hold integers, got dtype {task_ids.dtype}")
     if task_ids.dim() > 1:
         raise ValueError(f"task_ids must be 0-d or (batch,), got shape {tuple(task_ids.shape)}")
-    if task_ids.device.type == "cpu" and task_ids.numel():
-        low, high = int(task_ids.min()), int(task_ids.max())
-        if low < 0 or high >= n_tasks:
-            bad = low if low < 0 else high
-            raise ValueError(f"task_ids holds {bad}, out of range: the adapters know tasks 0..{n_tasks - 1}")
-    return task_ids.long()
+    return task_ids
 
 
 def _routing_inputs(model: nn.Module, kwargs: dict) -> RoutingInputs | None:
-    """Pop ``task_ids`` / ``semantic_prior`` from a call's kwargs; ``None`` when neither is given."""
+    """Pop ``task_ids`` / ``semantic_prior`` from a call's kwargs; ``None`` when neither is given.
+
+    In eager mode the inputs are checked and moved to the adapters' device here. While
+    ``torch.compile`` traces, only what reads no tensor is checked here and the rest is left to
+    the first layer that reads them (`RoutingInputs.prepare`): a compiled model's forward hooks
+    are frames of their own, and any tensor op in them would be a graph of its own.
+    """
     if "task_ids" not in kwargs and "semantic_prior" not in kwargs:
         return None
-    config = adapter_config(model)
-    task_ids = validate_task_ids(kwargs.pop("task_ids", None), config.n_tasks)
+    inputs = RoutingInputs(task_ids=kwargs.pop("task_ids", None), semantic_prior=kwargs.pop("semantic_prior", None))
+    if torch.compiler.is_compiling():
+        _checked_form(inputs.task_ids, adapter_config(model).n_tasks)
+        return dataclasses.replace(inputs, prepare=_RoutingPreparation(model))
+    return _prepare_routing(model, inputs)
+
+
+def _prepare_routing(model: nn.Module, inputs: RoutingInputs) -> RoutingInputs:
+    """Checked task ids (`validate_task_ids`, the merged task) and both inputs on the adapters' device."""
+    task_ids = validate_task_ids(inputs.task_ids, adapter_config(model).n_tasks)
     _check_merged_task(model, task_ids)
-    prior = kwargs.pop("semantic_prior", None)
+    prior = inputs.semantic_prior
     device = _adapter_device(model)
     if isinstance(task_ids, torch.Tensor) and task_ids.device != device:
         task_ids = task_ids.to(device, non_blocking=True)
@@ -120,8 +150,37 @@ def _routing_inputs(model: nn.Module, kwargs: dict) -> RoutingInputs | None:
     return RoutingInputs(task_ids=task_ids, semantic_prior=prior)
 
 
+def _scope_inputs(model: nn.Module, inputs: RoutingInputs) -> RoutingInputs:
+    """Checked inputs of a routing scope, an ``int`` task id as a 0-d tensor on the adapters' device.
+
+    The calls inside a scope (``generate``'s decoding steps, a compiled forward) read the ids from
+    the routing state, where ``torch.compile`` takes an ``int`` for a constant of the graph (one
+    compilation per task) and a tensor for an input (one graph for every task).
+    """
+    if isinstance(inputs.task_ids, int):
+        task_ids = torch.tensor(inputs.task_ids, device=_adapter_device(model))
+        return dataclasses.replace(inputs, task_ids=task_ids)
+    return inputs
+
+
+class _RoutingPreparation:
+    """``prepare`` of the inputs pushed while tracing: `_prepare_routing` for one model.
+
+    A callable holding the model (not a closure), as `_RoutedGenerate`.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+
+    def __call__(self, inputs: RoutingInputs) -> RoutingInputs:
+        return _prepare_routing(self.model, inputs)
+
+
 def _adapter_device(model: nn.Module) -> torch.device:
-    layer = next(iter(adapted_layers(model).values()))
+    # One adapted layer by its name rather than a walk over every module: torch.compile traces
+    # this once per graph, and the walk was a fifth of a tiny T5's tracing.
+    name = getattr(model, _FIRST_LAYER_ATTR, None)
+    layer = model.get_submodule(name) if name is not None else next(iter(adapted_layers(model).values()))
     return next(layer.bank.parameters()).device
 
 
@@ -159,7 +218,7 @@ class _RoutedGenerate:
         inputs = _routing_inputs(model, kwargs)
         if inputs is None:
             return generate(*args, **kwargs)
-        with routing_state(model).scope(inputs):
+        with routing_state(model).scope(_scope_inputs(model, inputs)):
             return generate(*args, **kwargs)
 
 
@@ -246,6 +305,7 @@ def _inject(model: nn.Module, config: AdapterConfig, prepare=None) -> nn.Module:
         setattr(parent, child_name, layer)
     setattr(model, _STATE_ATTR, state)
     setattr(model, _CONFIG_ATTR, config)
+    setattr(model, _FIRST_LAYER_ATTR, next(iter(layers), None))
     model.register_forward_pre_hook(_pre_hook, with_kwargs=True)
     model.register_forward_hook(_post_hook, with_kwargs=True, always_call=True)
     _wrap_generate(model)
@@ -260,7 +320,7 @@ def _inject(model: nn.Module, config: AdapterConfig, prepare=None) -> nn.Module:
 def use_routing(model: nn.Module, task_ids: TaskIds | None = None, semantic_prior: torch.Tensor | None = None):
     """Route every call inside the block: ``with use_routing(model, task_ids=3): model.generate(...)``."""
     inputs = _routing_inputs(model, {"task_ids": task_ids, "semantic_prior": semantic_prior})
-    with routing_state(model).scope(inputs):
+    with routing_state(model).scope(_scope_inputs(model, inputs)):
         yield model
 
 
@@ -318,7 +378,13 @@ def _check_merged_task(model: nn.Module, task_ids: TaskIds | None) -> None:
     if merged is None or task_ids is None:
         return
     if isinstance(task_ids, torch.Tensor):
-        if task_ids.device.type != "cpu" or not task_ids.numel() or bool((task_ids == merged).all()):
+        if task_ids.device.type != "cpu" or not task_ids.numel():
+            return
+        if torch.compiler.is_compiling():  # a check inside the graph, no host read
+            message = f"the adapters are merged for task {merged}: call tensoradapt.unmerge(model) to route others"
+            torch._assert_async((task_ids == merged).all(), message)
+            return
+        if bool((task_ids == merged).all()):
             return
     elif task_ids == merged:
         return

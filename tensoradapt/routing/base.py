@@ -15,11 +15,15 @@ __all__ = [
     "TaskIds",
     "normalized_sigmoid_weights",
     "relaxed_bernoulli_rsample",
+    "task_rows",
 ]
 
 #: ``sum``: weights divided by their sum (they sum to 1: Poly, the paper). ``mean``: divided by
 #: their mean (they sum to the number of experts ``S``; uniform routing gives every expert 1).
-ROUTING_NORMALIZATIONS: tuple[str, ...] = ("sum", "mean")
+#: ``identity``: the routing tensor holds the weights themselves (no sigmoid, no normalisation,
+#: no noise): exact one-hot rows (an imported LoRA library, `tensoradapt.library`) or any given
+#: real weights.
+ROUTING_NORMALIZATIONS: tuple[str, ...] = ("sum", "mean", "identity")
 
 #: A single task for the whole batch (``int``) or one task per example (``LongTensor (batch,)``).
 TaskIds = int | torch.Tensor
@@ -51,7 +55,8 @@ def normalized_sigmoid_weights(
 ) -> torch.Tensor:
     """Poly's routing weights: relaxed-Bernoulli samples (training, ``noise='relaxed_bernoulli'``)
     or sigmoids, divided by their sum (``normalization='sum'``) or by their mean (``'mean'``)
-    over the last axis.
+    over the last axis. ``normalization='identity'`` returns ``logits`` as they are: the routing
+    tensor is the weight tensor (no sigmoid, no noise), so a row can be exactly one-hot.
 
     ``mean`` is ``S`` times ``sum``: the same mixture, ``S`` times larger. It matters where the
     experts are parts of one adapter rather than whole adapters: TensorPoly-I's experts are the
@@ -66,6 +71,8 @@ def normalized_sigmoid_weights(
     """
     if normalization not in ROUTING_NORMALIZATIONS:
         raise ValueError(f"normalization must be one of {ROUTING_NORMALIZATIONS}, got {normalization!r}")
+    if normalization == "identity":
+        return logits
     if training and noise == "relaxed_bernoulli":
         weights = relaxed_bernoulli_rsample(logits, temperature)
     else:
@@ -74,6 +81,18 @@ def normalized_sigmoid_weights(
     if normalization == "mean":
         total = total / logits.shape[-1]
     return weights / total
+
+
+def task_rows(table: torch.Tensor, task_ids: TaskIds) -> torch.Tensor:
+    """``table[task_ids]``: row ``(*rest,)`` for an ``int`` or a 0-d tensor, rows ``(batch, *rest)`` for ``(batch,)``.
+
+    A 0-d tensor selects with ``index_select`` rather than ``table[t]``, which reads ``t`` as a
+    Python int: a device synchronisation on a GPU, and under ``torch.compile`` a guard on its
+    value (a recompilation for every task).
+    """
+    if isinstance(task_ids, torch.Tensor) and task_ids.dim() == 0:
+        return table.index_select(0, task_ids.reshape(1)).squeeze(0)
+    return table[task_ids]
 
 
 class Combiner(nn.Module):
@@ -139,25 +158,26 @@ class TaskRouter(Combiner):
 
         ``int`` ids are range-checked (negative ids would silently pick rows from the end), and
         so are tensors on the CPU, where reading them costs no device synchronisation; ids on an
-        accelerator are checked for dtype and shape only (indexing asserts on the device).
+        accelerator, and every id while ``torch.compile`` traces (no host read in a graph: the
+        model call checks them once, `tensoradapt.validate_task_ids`), are checked for dtype and
+        shape only (indexing asserts on the device).
         """
         if task_ids is None:
             return
-        known = f"the router knows tasks 0..{self.n_tasks - 1}"
         if isinstance(task_ids, bool) or not isinstance(task_ids, (int, torch.Tensor)):
             raise ValueError(f"task_ids must be an int or a LongTensor (batch,), got {type(task_ids).__name__}")
         if isinstance(task_ids, int):
             if not 0 <= task_ids < self.n_tasks:
-                raise ValueError(f"task_ids={task_ids} is out of range: {known}")
+                raise ValueError(f"task_ids={task_ids} is out of range: the router knows tasks 0..{self.n_tasks - 1}")
             return
         if task_ids.dtype == torch.bool or task_ids.dtype.is_floating_point or task_ids.dtype.is_complex:
             raise ValueError(f"task_ids must hold integers, got dtype {task_ids.dtype}")
         if task_ids.dim() > 1:
             raise ValueError(f"task_ids must be 0-d or (batch,), got shape {tuple(task_ids.shape)}")
-        if task_ids.device.type == "cpu" and task_ids.numel():
+        if task_ids.device.type == "cpu" and task_ids.numel() and not torch.compiler.is_compiling():
             if int(task_ids.min()) < 0 or int(task_ids.max()) >= self.n_tasks:
                 bad = sorted({int(t) for t in task_ids.reshape(-1) if not 0 <= int(t) < self.n_tasks})
-                raise ValueError(f"task_ids holds {bad}, out of range: {known}")
+                raise ValueError(f"task_ids holds {bad}, out of range: the router knows tasks 0..{self.n_tasks - 1}")
 
     def weights(self, task_ids: TaskIds | None) -> torch.Tensor:
         """Routing weights ``route_shape`` for one task or ``(batch, *route_shape)`` for a batch.
@@ -180,13 +200,13 @@ class TaskRouter(Combiner):
         elif isinstance(task_ids, torch.Tensor) and task_ids.dtype != torch.long:
             task_ids = task_ids.long()  # uint8 would index as a mask, int16 not at all
         return normalized_sigmoid_weights(
-            self.logits[task_ids], training=self.training, noise=self.noise, temperature=self.temperature,
-            normalization=self.normalization,
+            task_rows(self.logits, task_ids), training=self.training, noise=self.noise,
+            temperature=self.temperature, normalization=self.normalization,
         )
 
     @property
     def uniform_weight(self) -> float:
-        """Every expert's weight under uniform routing: ``1 / S`` (``sum``) or ``1`` (``mean``)."""
+        """Every expert's weight under uniform routing: ``1 / S`` (``sum``, ``identity``) or ``1`` (``mean``)."""
         return 1.0 if self.normalization == "mean" else 1.0 / self.logits.shape[-1]
 
     @torch.no_grad()

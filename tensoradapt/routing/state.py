@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -20,10 +21,15 @@ class RoutingInputs:
         task_ids: ``None``, an ``int`` (one task for the batch), a 0-d ``LongTensor`` (same), or
             ``LongTensor (batch,)`` (one task per example).
         semantic_prior: ``None`` or ``(batch, k)`` similarities to the k centroids.
+        prepare: ``None`` when the inputs are ready, else ``prepare(inputs) -> RoutingInputs``,
+            which the first layer to read them runs (range checks, the move to the adapters'
+            device). Set while ``torch.compile`` traces a model call: its tensor work then lands
+            in the forward's graph rather than in a graph of the forward hook's own.
     """
 
     task_ids: TaskIds | None = None
     semantic_prior: torch.Tensor | None = None
+    prepare: Callable[[RoutingInputs], RoutingInputs] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass
@@ -34,6 +40,7 @@ class RoutingState:
     nested call (``generate`` calling ``forward``) inherits the outer inputs. Layers ask
     `task_ids_for` with their batch size: ids given for ``b`` examples are repeated for a
     batch of ``k * b`` rows (beam search expands every example into ``k`` consecutive beams).
+    Inputs pushed with a ``prepare`` step are prepared by the first read and replaced by the result.
     """
 
     stack: list[RoutingInputs] = field(default_factory=lambda: [RoutingInputs()])
@@ -64,6 +71,14 @@ class RoutingState:
         finally:
             self.pop()
 
+    def ready(self) -> RoutingInputs:
+        """The innermost inputs, prepared (see `RoutingInputs.prepare`)."""
+        inputs = self.stack[-1]
+        if inputs.prepare is not None:
+            inputs = inputs.prepare(inputs)
+            self.stack[-1] = inputs
+        return inputs
+
     def _expand(self, name: str, value: torch.Tensor | None, batch: int) -> torch.Tensor | None:
         if not isinstance(value, torch.Tensor) or value.dim() == 0 or value.shape[0] == batch:
             return value
@@ -80,8 +95,8 @@ class RoutingState:
 
     def task_ids_for(self, batch: int) -> TaskIds | None:
         """Task ids for a layer input whose first axis is ``batch``."""
-        return self._expand("task_ids", self.current.task_ids, batch)
+        return self._expand("task_ids", self.ready().task_ids, batch)
 
     def semantic_prior_for(self, batch: int) -> torch.Tensor | None:
         """Semantic prior ``(batch, k)`` for a layer input whose first axis is ``batch``."""
-        return self._expand("semantic_prior", self.current.semantic_prior, batch)
+        return self._expand("semantic_prior", self.ready().semantic_prior, batch)

@@ -26,7 +26,7 @@ from torch import nn
 
 from tensoradapt.algebra.entangled import check_positive
 from tensoradapt.experts.base import ExpertBank
-from tensoradapt.routing.base import Combiner, TaskIds
+from tensoradapt.routing.base import Combiner, TaskIds, task_rows
 
 __all__ = ["PRIOR_MIXES", "TokenRouter", "switch_balance_loss"]
 
@@ -188,7 +188,7 @@ class TokenRouter(Combiner):
                 )
             return table
         if isinstance(task_ids, int) or task_ids.dim() == 0:
-            return table[task_ids].unsqueeze(0)
+            return task_rows(table, task_ids).unsqueeze(0)
         return table[task_ids]
 
     # -------------------------------------------------------------------------------- routing
