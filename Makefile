@@ -40,8 +40,9 @@ bench: $(STAMP)
 	$(PY) benchmarks/scaling.py --json benchmarks/results/scaling.json
 
 # The real-model proxy of the T0 protocol: all seven methods, pre-trained, zero-shot, 32-shot with
-# 5 seeds and without pre-training, on all-MiniLM-L6-v2. Measured under load: 15-20 min per method for
-# 5 tasks x 3 seeds on one thread, so the full 9 x 5 table does not yet fit 2 hours on 2 cores.
+# 5 seeds and without pre-training (3 seeds), on all-MiniLM-L6-v2, on the nine T0 tasks and T0's topic
+# cluster held out of t0_train (AG News, TREC). Projected from timed one-thread runs (see
+# benchmarks/t0_proxy.py): ~105 min, ~20 min per method, on 2 otherwise idle cores; ~1.3x at a load of 3.
 proxy: $(STAMP)
 	$(PY) benchmarks/t0_proxy.py --data-dir $(DATA)
 

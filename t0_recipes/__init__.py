@@ -3,7 +3,8 @@
 Four inner packages, each importing only from the ones before it, then the run itself:
 
 * `t0_recipes.data`: task registry (`tasks`), prompt templates (`templates`), local readers and
-  task ids (`rows`), the hub (`hub`), the pre-training mixture (`mixture`), tokenisation (`collate`).
+  task ids (`rows`), the hub (`hub`), the pre-training mixture (`mixture`), a cluster held out
+  of it (`holdout`), tokenisation (`collate`).
 * `t0_recipes.scoring`: the two scorers of one protocol, the only place a T5 and an encoder
   differ: seq2seq likelihood (`seq2seq`) and rank classification (`rank`).
 * `t0_recipes.training`: the loop (`loop`), optimiser (`optim`), run state (`run_state`),

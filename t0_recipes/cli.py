@@ -1,7 +1,7 @@
 """Command-line plumbing shared by the per-method scripts (``python -m t0_recipes.<method>``).
 
 Every script takes the same arguments (``--preset``, ``--model``, ``--data-dir``, ``--tasks``,
-``--seeds``, ``--output-dir``, ...). `t0_recipes.pipeline` adds the adapter recipes' arguments
+``--hold-out``, ``--seeds``, ``--output-dir``, ...). `t0_recipes.pipeline` adds the adapter recipes' arguments
 and stages; `run` here is the zero-shot path: it runs the protocol on the backbone as it is and
 writes ``<output-dir>/<method>_<preset>.{json,md,png}``.
 
@@ -28,9 +28,10 @@ from t0_recipes.scoring.seq2seq import RouteFn
 from t0_recipes.presets import PRESETS, ModelUnavailableError, Preset, get_preset, load_model
 from t0_recipes.protocol import AdaptFn, ProtocolConfig, run_protocol
 from t0_recipes.reporting.report import build_report, write_report
-from t0_recipes.data.tasks import FEWSHOT_SEEDS, HELD_OUT, TASKS
+from t0_recipes.data.holdout import HOLD_OUT_SHOTS, TOPIC_CLUSTER, check_evaluated_tasks
+from t0_recipes.data.tasks import FEWSHOT_SEEDS, HELD_OUT, TASKS, TRAINING
 
-__all__ = ["apply_threads", "base_parser", "preset_from_args", "protocol_from_args", "run"]
+__all__ = ["apply_threads", "base_parser", "evaluated_tasks", "preset_from_args", "protocol_from_args", "run"]
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +47,12 @@ def base_parser(description: str) -> argparse.ArgumentParser:
                         help="folder with t0_fewshot/ and t0_validation/ (or one of them); default $TENSORADAPT_T0_DATA")
     parser.add_argument("--source", choices=["local", "hub"], default="local", help="rows from --data-dir or the hub")
     parser.add_argument("--tasks", nargs="+", default=list(HELD_OUT), choices=sorted(TASKS), metavar="TASK",
-                        help=f"tasks to run (default: the eleven held-out tasks); known: {', '.join(sorted(TASKS))}")
+                        help="tasks to run (default: the eleven held-out tasks; a pre-training task only with "
+                             f"--hold-out); known: {', '.join(sorted(TASKS))}")
+    parser.add_argument("--hold-out", nargs="+", default=[], choices=TRAINING, metavar="TASK",
+                        help="pre-training tasks of t0_train to hold out of the mixture and evaluate next to --tasks "
+                             f"({HOLD_OUT_SHOTS} shots per seed from a fixed shot pool, evaluation rows from the rest), "
+                             f"e.g. {' '.join(TOPIC_CLUSTER)}; known: {', '.join(TRAINING)}")
     parser.add_argument("--seeds", nargs="+", type=int, default=list(FEWSHOT_SEEDS), help="few-shot subset seeds")
     parser.add_argument("--steps", type=int, default=None, help="override the preset's few-shot steps")
     parser.add_argument("--eval-max-rows", type=int, default=None, help="cap evaluation rows per task")
@@ -76,10 +82,27 @@ def apply_threads(preset: Preset) -> None:
         torch.set_num_threads(preset.cpu_threads)
 
 
+def evaluated_tasks(args: argparse.Namespace) -> list[str]:
+    """``--tasks`` then every ``--hold-out`` task not among them: the tasks a run evaluates.
+
+    Raises:
+        ValueError: one line naming the task and the fix: a pre-training task in ``--tasks``
+            that is not held out (it has no evaluation rows), or ``--hold-out`` with
+            ``--source hub`` (P3's mixture cannot leave a task out).
+    """
+    if args.hold_out and args.source != "local":
+        raise ValueError(f"--hold-out {' '.join(args.hold_out)} reads t0_train/<task>/train.jsonl and leaves the "
+                         "task out of the local mixture; it needs --source local")
+    tasks = list(dict.fromkeys([*args.tasks, *args.hold_out]))
+    check_evaluated_tasks(tasks, args.hold_out)
+    return tasks
+
+
 def protocol_from_args(args: argparse.Namespace, preset: Preset) -> ProtocolConfig:
     """The protocol settings of the command line."""
     return ProtocolConfig(
-        tasks=args.tasks,
+        tasks=evaluated_tasks(args),
+        hold_out=list(args.hold_out),
         seeds=args.seeds,
         data_dir=args.data_dir,
         source=args.source,
@@ -109,6 +132,10 @@ def run(
         prepare: applied once to the loaded model (e.g. inject adapters) before copies are made.
     """
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        evaluated_tasks(args)
+    except ValueError as error:
+        sys.exit(str(error))
     preset = preset_from_args(args)
     apply_threads(preset)
     start = time.perf_counter()

@@ -9,11 +9,13 @@ Stages (each method script only names its method and calls `main`):
    (`t0_recipes.methods`) with one routing row per pre-training task;
 2. T-REX only: fit the semantic prior's centroids on the mixture and set its task-prior table;
 3. multi-task pre-training on the mixture (`t0_recipes.data.mixture`, `t0_recipes.training.pretrain`), with
-   checkpoints under ``<output-dir>/pretrain_<method>_<preset>/`` and ``--resume``;
+   checkpoints under ``<output-dir>/pretrain_<method>_<preset>/`` and ``--resume``; the evaluated
+   tasks and the ``--hold-out`` ones (`t0_recipes.data.holdout`) are left out of it;
 4. for every held-out task and seed: a copy of the pre-trained model, a fresh task, few-shot
    training in ``--mode`` (`t0_recipes.training.fewshot`), rank classification (`t0_recipes.protocol`);
-5. the report (`t0_recipes.reporting.report`): ``<stem>.json``, ``.md`` and ``.png``, and the run's
-   configuration ``<stem>_config.json``, in ``--output-dir``.
+5. the report (`t0_recipes.reporting.report`): ``<stem>.json``, ``.md`` and ``.png``, the run's
+   configuration ``<stem>_config.json`` and the run records ``<stem>[_zeroshot].run.json`` (with
+   the seconds of every phase and of every (task, seed)), in ``--output-dir``.
 
 Multi-GPU: ``accelerate launch t0_recipes/<method>.py ...``; every process trains its share of
 each global batch, the main process writes the outputs.
@@ -37,7 +39,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from t0_recipes.cli import apply_threads, base_parser, preset_from_args, protocol_from_args
+from t0_recipes.cli import apply_threads, base_parser, evaluated_tasks, preset_from_args, protocol_from_args
 from t0_recipes.data.rows import TASK_MODES
 from t0_recipes.data.hub import P3_PER_DATASET_CAP, HubUnavailableError
 from t0_recipes.data.validate import DataError, check_data
@@ -66,7 +68,10 @@ class RecipeConfig:
         preset: the preset with its overrides (`Preset.to_json`).
         model: ``--model PATH`` or ``None`` (the preset's model).
         adapter: the injected ``AdapterConfig`` (``to_dict``).
-        tasks, seeds, data_dir, source, eval_max_rows: the protocol's.
+        tasks, seeds, data_dir, source, eval_max_rows: the protocol's (``tasks``: every evaluated
+            task, the held-out ones of ``hold_out`` included).
+        hold_out: pre-training tasks held out of the mixture and evaluated (``--hold-out``).
+        hold_out_pools: per held-out task, the rows of its shot pool and evaluation pool.
         task_mode: ``"templates"`` or ``"datasets"``: what a pre-training task is.
         per_dataset_cap: pre-training examples per dataset, shared by its templates.
         mixture_tasks: pre-training datasets (local source) and the number of routing rows.
@@ -91,6 +96,8 @@ class RecipeConfig:
     output_dir: str
     mixture_tasks: list[str] = field(default_factory=list)
     n_pretrain_tasks: int = 0
+    hold_out: list[str] = field(default_factory=list)
+    hold_out_pools: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2) + "\n"
@@ -154,11 +161,14 @@ def run_recipe(method: str, args: argparse.Namespace) -> dict[str, Path]:
     preset = _preset(args)
     apply_threads(preset)
     hp = preset.pretrain
+    tasks = evaluated_tasks(args)
+    pools: dict[str, dict[str, int]] = {}
     if args.source == "local":  # every file the run will read, read and rendered before anything trains
         pretrains = hp.steps > 0 or method == "trex"
-        checked = check_data(args.data_dir, mixture_tasks=None if pretrains else (), eval_tasks=args.tasks,
-                             seeds=args.seeds, missing="skip")
+        checked = check_data(args.data_dir, mixture_tasks=None if pretrains else (), eval_tasks=tasks,
+                             hold_out=args.hold_out, seeds=args.seeds, missing="skip")
         logger.info("data: %s", checked.summary())
+        pools = checked.pools
     model, tokenizer = load_model(preset, args.model)
     out = Path(args.output_dir)
     stem = f"{method}_{preset.name}" if args.mode == "full" else f"{method}_{args.mode}_{preset.name}"
@@ -167,7 +177,7 @@ def run_recipe(method: str, args: argparse.Namespace) -> dict[str, Path]:
     mixture, index = [], None
     if hp.steps > 0 or method == "trex":
         mixture, index = load_mixture(
-            args.source, args.data_dir, task_mode=hp.task_mode, exclude=args.tasks, per_dataset_cap=args.per_dataset_cap,
+            args.source, args.data_dir, task_mode=hp.task_mode, exclude=tasks, per_dataset_cap=args.per_dataset_cap,
             max_rows_per_task=hp.max_rows_per_task, seed=preset.seed,
         )
     n_tasks = len(index) if routed and index is not None and len(index) else 1
@@ -179,10 +189,11 @@ def run_recipe(method: str, args: argparse.Namespace) -> dict[str, Path]:
     protocol = protocol_from_args(args, preset)
     config = RecipeConfig(
         method=method, mode=args.mode, preset=preset.to_json(), model=args.model, adapter=adapter.to_dict(),
-        tasks=list(args.tasks), seeds=list(args.seeds), data_dir=args.data_dir, source=args.source,
+        tasks=tasks, seeds=list(args.seeds), data_dir=args.data_dir, source=args.source,
         eval_max_rows=protocol.eval_max_rows, task_mode=hp.task_mode,
         per_dataset_cap=args.per_dataset_cap, checkpoint_every=args.checkpoint_every, resume=args.resume,
         output_dir=str(out), mixture_tasks=sorted({e.task for e in mixture}), n_pretrain_tasks=len(index or ()),
+        hold_out=list(args.hold_out), hold_out_pools=pools,
     )
 
     trex_prior = None
@@ -197,6 +208,7 @@ def run_recipe(method: str, args: argparse.Namespace) -> dict[str, Path]:
     accelerator = make_accelerator(mixed_precision=preset.fewshot.precision, cpu=args.cpu)
     collator = scorer.collator(tokenizer, hp.max_length)
     pretrain_info: dict[str, Any] = {"steps": hp.steps, "examples": len(mixture), "tasks": len(index or ())}
+    phases_s: dict[str, float | None] = {"setup": time.perf_counter() - start, "pretrain": None, "zero_shot": None}
     if hp.steps > 0:
         result = pretrain(
             model, mixture, collator, hp, accelerator=accelerator, with_task_ids=routed, scorer=scorer,
@@ -210,17 +222,23 @@ def run_recipe(method: str, args: argparse.Namespace) -> dict[str, Path]:
             "wall_time_s": result.wall_time_s,
             "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
         }
+        phases_s["pretrain"] = result.wall_time_s
 
     adapt = FewShotAdapter(method, args.mode, preset.fewshot, accelerator=accelerator,
                            route=tensoradapt.use_routing if routed else None, trex_prior=trex_prior,
                            scorer=scorer, progress=not args.quiet)
     zero_shot_results = None
     if args.zero_shot:
+        clock = time.perf_counter()
         zero_shot = dataclasses.replace(protocol, seeds=list(protocol.seeds)[:1], skipped={})
         zero_shot_results = run_protocol(lambda: copy.deepcopy(model), tokenizer, zero_shot, adapt=adapt.open_only,
                                          route=adapt.route, scorer=scorer, progress=not args.quiet)
+        phases_s["zero_shot"] = time.perf_counter() - clock
+    clock = time.perf_counter()
     results = run_protocol(lambda: copy.deepcopy(model), tokenizer, protocol, adapt=adapt,
                            route=adapt.route, scorer=scorer, progress=not args.quiet)
+    phases_s["fewshot"] = time.perf_counter() - clock
+    logger.info("seconds per phase: %s", ", ".join(f"{k} {v:.1f}" for k, v in phases_s.items() if v is not None))
     if not accelerator.is_main_process:
         return {}
     report = build_report(
@@ -228,18 +246,19 @@ def run_recipe(method: str, args: argparse.Namespace) -> dict[str, Path]:
         wall_time_s=time.perf_counter() - start, random_init=preset.random_init,
         notes=_notes(args.mode, preset, protocol, pretrain_info),
     )
-    report |= {"mode": args.mode, "pretrain": pretrain_info, "config": asdict(config)}
+    report |= {"mode": args.mode, "pretrain": pretrain_info, "config": asdict(config), "phases_s": phases_s}
     out.mkdir(parents=True, exist_ok=True)
     paths = write_report(report, out, stem=stem)
     paths["config"] = out / f"{stem}_config.json"
     atomic_write(paths["config"], lambda temporary: Path(temporary).write_text(config.to_json(), encoding="utf-8"))
     variant = "fewshot" if hp.steps > 0 else "no_pretrain"
     paths["run"] = write_run_record(out / f"{stem}.run.json", method=method, variant=variant, mode=args.mode,
-                                    results=results, wall_time_s=report["wall_time_s"], config=asdict(config))
+                                    results=results, wall_time_s=report["wall_time_s"], config=asdict(config),
+                                    phases_s=phases_s)
     if zero_shot_results is not None:
         paths["zero_shot_run"] = write_run_record(
             out / f"{stem}_zeroshot.run.json", method=method, variant="zeroshot" if hp.steps > 0 else "no_pretrain_zeroshot",
-            mode=args.mode, results=zero_shot_results, wall_time_s=None, config=asdict(config))
+            mode=args.mode, results=zero_shot_results, wall_time_s=None, config=asdict(config), phases_s=phases_s)
     _log_summary(report, paths)
     return paths
 
@@ -283,6 +302,10 @@ def main(method: str, argv: Sequence[str] | None = None) -> dict[str, Path]:
             parser.error(f"--{name.replace('_', '-')} {value} is too small: pre-training takes >= 0 steps, few-shot >= 1")
     if args.checkpoint_every is not None and args.checkpoint_every < 1:
         parser.error(f"--checkpoint-every {args.checkpoint_every} must be at least 1")
+    try:  # a task without evaluation rows stops here, before any file or model is touched
+        evaluated_tasks(args)
+    except ValueError as error:
+        parser.exit(2, f"{parser.prog}: error: {error}\n")
     # Under `accelerate launch` every process runs this; the main one (RANK 0) holds the folder.
     main_process = int(os.environ.get("RANK", "0")) == 0
     try:

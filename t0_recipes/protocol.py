@@ -2,7 +2,9 @@
 
 For every held-out task and every few-shot seed: read the seed's training rows, render them,
 let ``adapt`` train a fresh model on them, and evaluate on the task's evaluation rows (the
-same rows for every seed). ``adapt`` is where a method plugs in: zero-shot returns the model
+same rows for every seed). A pre-training task held out of the mixture (``hold_out``) takes
+both from its ``t0_train`` rows, split into a shot pool and an evaluation pool
+(`t0_recipes.data.holdout`). ``adapt`` is where a method plugs in: zero-shot returns the model
 untouched, full fine-tuning trains every weight, an adapter recipe injects / resets its
 adapter and trains it (part 2). The evaluated checkpoint is the last one: nothing is selected
 on the evaluation rows.
@@ -12,12 +14,14 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from torch import nn
 
+from t0_recipes.data.holdout import check_evaluated_tasks, load_hold_out_rows
 from t0_recipes.data.rows import (
     Example,
     TaskIndex,
@@ -45,7 +49,8 @@ class ProtocolConfig:
     """Which tasks, seeds and rows a protocol run uses.
 
     Attributes:
-        tasks: registry task names (default: the eleven held-out tasks).
+        tasks: registry task names (default: the eleven held-out tasks); a pre-training task
+            only when ``hold_out`` names it too.
         seeds: few-shot subset seeds (default: T-Few's five).
         data_dir: local data folder (see `t0_recipes.data.rows`); ``None`` with ``source="hub"``.
         source: ``"local"`` (``--data-dir`` layout) or ``"hub"`` (``datasets.load_dataset``).
@@ -56,6 +61,11 @@ class ProtocolConfig:
         eval_batch_size: examples per rank-classification batch.
         max_length: token cap of prompts and choices.
         skip_missing: skip a task whose rows are missing (logged, listed in ``skipped``) instead of failing.
+        hold_out: pre-training tasks held out of the mixture and evaluated on their ``t0_train``
+            rows (local source only; `t0_recipes.data.holdout`).
+
+    Raises:
+        ValueError: a task of ``tasks`` has no evaluation rows (a pre-training task not held out).
     """
 
     tasks: Sequence[str] = HELD_OUT
@@ -69,10 +79,18 @@ class ProtocolConfig:
     max_length: int = 256
     skip_missing: bool = True
     skipped: dict[str, str] = field(default_factory=dict)
+    hold_out: Sequence[str] = ()
+
+    def __post_init__(self) -> None:
+        check_evaluated_tasks(self.tasks, self.hold_out)
 
 
 def _rows(config: ProtocolConfig, task: str, *, seed: int | None) -> list[dict[str, Any]]:
     """Few-shot rows (``seed`` given) or evaluation rows (``seed=None``) from the configured source."""
+    if task in config.hold_out:
+        if config.source != "local":
+            raise ValueError(f"held-out task {task!r} reads t0_train; it needs source='local', not {config.source!r}")
+        return load_hold_out_rows(config.data_dir, task, seed)
     if config.source == "local":
         if seed is None:
             return load_validation_rows(config.data_dir, task)
@@ -157,12 +175,16 @@ def run_protocol(
                 config.skipped[f"{task}/seed{seed}"] = str(error)
                 logger.warning("skipping %s seed %s: %s", task, seed, error)
                 continue
+            train_s = eval_s = None
             if adapt is None and zero_shot is not None:
                 result = zero_shot  # no training: every seed evaluates the same model
             else:
+                start = time.perf_counter()
                 model = make_model()
                 if adapt is not None:
                     model = adapt(model, train, collator, seed)
+                train_s = time.perf_counter() - start
+                start = time.perf_counter()
                 result = evaluate_examples(
                     model,
                     evaluation,
@@ -173,9 +195,11 @@ def run_protocol(
                     desc=f"{task} seed {seed}",
                     progress=progress,
                 )
+                eval_s = time.perf_counter() - start
                 if adapt is None:
                     zero_shot = result
             logger.info("%s seed %d: accuracy %.4f on %d examples", task, seed, result.accuracy, result.n)
             correct = [int(p == g) for p, g in zip(result.predictions, result.golds)]
-            results.append(SeedResult(task, seed, result.accuracy, result.n, result.by_template, len(train) or None, correct))
+            results.append(SeedResult(task, seed, result.accuracy, result.n, result.by_template, len(train) or None,
+                                      correct, train_s=train_s, eval_s=eval_s))
     return results

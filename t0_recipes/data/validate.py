@@ -1,7 +1,8 @@
 """Check every data file a run will use before any training starts, with one-line errors.
 
 `check_data` reads and renders (every row, every template) the pre-training files of the
-mixture, and the few-shot and validation files of every evaluated task. The first problem
+mixture, the few-shot and validation files of every evaluated task, and the ``t0_train`` file
+of every task held out of the mixture (`t0_recipes.data.holdout`), whose pools it sizes. The first problem
 raises a `DataError` whose message is one line naming the place and the field::
 
     .../t0_validation/rte/validation.jsonl:17: field 'label': 7 is outside the 2 choices (template 'rte/does_it_follow')
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from t0_recipes.data.holdout import split_pools
 from t0_recipes.data.mixture import local_mixture_files
 from t0_recipes.data.prompt import TemplateError
 from t0_recipes.data.rows import (
@@ -32,6 +34,7 @@ from t0_recipes.data.rows import (
     has_train_part,
     iter_jsonl,
     list_fewshot_files,
+    read_jsonl,
     train_path,
     validation_path,
 )
@@ -53,12 +56,14 @@ class DataCheck:
         mixture_tasks: the pre-training tasks checked, in order.
         eval_tasks: the evaluated tasks checked, in order (registry names).
         skipped: evaluated tasks left out with ``missing="skip"``, with the reason.
+        pools: per held-out ``t0_train`` task, ``{"shot_pool": n, "eval_pool": n}`` rows.
     """
 
     rows: dict[Path, int] = field(default_factory=dict)
     mixture_tasks: list[str] = field(default_factory=list)
     eval_tasks: list[str] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
+    pools: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @property
     def total_rows(self) -> int:
@@ -68,6 +73,8 @@ class DataCheck:
         """One line for a log: files, rows, tasks, skips."""
         line = (f"data checked: {len(self.rows)} files, {self.total_rows} rows; mixture: {len(self.mixture_tasks)} "
                 f"tasks; evaluated: {len(self.eval_tasks)} tasks")
+        line += "".join(f"; held out {task}: {pool['shot_pool']} shot-pool + {pool['eval_pool']} evaluation rows"
+                        for task, pool in self.pools.items())
         return line + (f"; skipped: {', '.join(sorted(self.skipped))}" if self.skipped else "")
 
 
@@ -144,11 +151,23 @@ def _mixture_files(root: Path, mixture_tasks: Sequence[str] | None, eval_tasks: 
     return files
 
 
+def _held_out_pools(root: Path, task: Task) -> dict[str, int]:
+    """The pool sizes of a held-out ``t0_train`` task; `DataError` for a missing or too small file."""
+    if task.train_dir is None:
+        raise DataError(f"task {task.name!r} has no t0_train rows to hold out (its registry entry has no train_dir)")
+    path = train_path(root, task)
+    if not path.is_file():
+        raise _missing(path, root)
+    shot_pool, evaluation = split_pools(read_jsonl(path), task.name)
+    return {"shot_pool": len(shot_pool), "eval_pool": len(evaluation)}
+
+
 def check_data(
     data_dir: str | os.PathLike | None,
     *,
     mixture_tasks: Sequence[str] | None = None,
     eval_tasks: Iterable[str] = (),
+    hold_out: Iterable[str] = (),
     seeds: Iterable[int] = FEWSHOT_SEEDS,
     missing: Literal["error", "skip"] = "error",
 ) -> DataCheck:
@@ -158,9 +177,12 @@ def check_data(
         data_dir: the ``--data-dir`` folder (or one of its parts; ``None``: ``$TENSORADAPT_T0_DATA``).
         mixture_tasks: pre-training tasks; ``None`` checks what `local_mixture` would read
             (``t0_train`` when present, else the boolq/sst2 few-shot files) minus
-            ``eval_tasks``, and an empty mixture is an error; ``()`` checks none (no pre-training).
+            ``eval_tasks`` and ``hold_out``, and an empty mixture is an error; ``()`` checks none
+            (no pre-training).
         eval_tasks: evaluated tasks (registry names or folder names): each seed's few-shot file
             and the validation file.
+        hold_out: pre-training tasks held out of the mixture and evaluated (they may be in
+            ``eval_tasks`` too): their ``t0_train`` file, which must exist and fill both pools.
         seeds: few-shot seeds.
         missing: ``"error"``: a missing file of an evaluated task raises; ``"skip"``: the task
             is listed in ``DataCheck.skipped`` (as the protocol's ``skip_missing`` does).
@@ -170,7 +192,7 @@ def check_data(
 
     Raises:
         DataError: one line naming ``path:line`` and the field, a missing path and the
-            expected layout, or a task without templates.
+            expected layout, a task without templates, or a held-out task in ``mixture_tasks``.
     """
     if missing not in ("error", "skip"):
         raise ValueError(f"missing={missing!r} is unknown; choose 'error' or 'skip'")
@@ -178,10 +200,13 @@ def check_data(
         root = find_data_root(data_dir)
     except FileNotFoundError as error:
         raise DataError(f"{_one_line(str(error))}; expected layout: {DATA_LAYOUT}") from None
-    evaluated = [_registry_task(name) for name in eval_tasks]
+    held = [_registry_task(name) for name in hold_out]
+    evaluated = [task for task in map(_registry_task, eval_tasks) if task not in held]
     seeds = list(seeds)
     check = DataCheck()
-    for name, files in _mixture_files(root, mixture_tasks, [t.name for t in evaluated]).items():
+    for name, files in _mixture_files(root, mixture_tasks, [t.name for t in evaluated + held]).items():
+        if name in {task.name for task in held}:
+            raise DataError(f"task {name!r} is held out (--hold-out); it cannot enter the pre-training mixture")
         for path in files:
             if not path.is_file():
                 raise _missing(path, root)
@@ -198,6 +223,10 @@ def check_data(
             continue
         for path in paths:
             check.rows[path] = check_file(path, task.name)
+        check.eval_tasks.append(task.name)
+    for task in held:
+        check.pools[task.name] = _held_out_pools(root, task)
+        check.rows[train_path(root, task)] = check_file(train_path(root, task), task.name)
         check.eval_tasks.append(task.name)
     logger.info(check.summary())
     return check

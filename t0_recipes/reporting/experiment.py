@@ -20,13 +20,16 @@ Statistics, with :math:`a_{m,t,s}` the accuracy of method :math:`m` on task :mat
 
 * per task: :math:`\\tilde a_{m,t} = \\operatorname{median}_s a_{m,t,s}` with the seeds' min, max,
   quartiles and standard deviation;
-* per method: :math:`A_m = \\frac{1}{|T|} \\sum_t \\tilde a_{m,t}` (the paper's ``ACC``);
+* per method: :math:`A_m = \\frac{1}{|T|} \\sum_t \\tilde a_{m,t}` (the paper's ``ACC``), over all
+  tasks and, apart, over the T0 tasks alone when the run also evaluated a held-out cluster
+  taken from ``t0_train`` (`t0_recipes.data.holdout`: not T0 tasks, labelled so in every table);
 * against the baseline :math:`b` (LoRA) of the same variant: :math:`\\Delta_m = A_m - A_b` over
   the tasks both ran, with a paired bootstrap interval. Replicate :math:`r` draws the evaluation
   examples of each task with replacement, once per task (``n_boot x n`` indices, shared by every
   method and seed, which is what pairs them), recomputes every :math:`a_{m,t,s}` on the draw,
   then :math:`\\Delta_m^{(r)}`; the interval is the 2.5 / 97.5 percentiles of the replicates.
-  It measures the evaluation-sample uncertainty of the difference given these seeds.
+  It measures the evaluation-sample uncertainty of the difference given these seeds. With a
+  held-out cluster, :math:`\\Delta_m` is given over the T0 tasks and over all tasks.
 
 A draw is a matrix of counts ``w`` (``n_boot x n``, how often each example was drawn), so the
 accuracies of all (method, seed) columns ``c`` (``n x k``) of a task come from one product
@@ -48,11 +51,12 @@ from typing import Any
 
 import numpy as np
 
-from t0_recipes.data.tasks import HELD_OUT, HELD_OUT_TASKS, TASKS
+from t0_recipes.data.tasks import HELD_OUT, TASKS
 from tensoradapt.atomic import atomic_write
 from tensoradapt.config import METHOD_LABELS, METHODS
 
 __all__ = [
+    "CLUSTER_LABEL",
     "DEFAULT_N_CHOICES",
     "VARIANTS",
     "load_run_records",
@@ -75,8 +79,10 @@ VARIANTS: dict[str, str] = {
 _SHORT = {"fewshot": "few-shot", "zeroshot": "zero-shot", "no_pretrain": "no pre-training"}
 
 #: Answer choices per task (chance accuracy is ``1 / n_choices``): the task registry's figures
-#: (rte 2, cb 3, copa 2, wic 2, wsc 2, anli 3, winogrande 2, ...).
-DEFAULT_N_CHOICES: dict[str, int] = {task.name: task.n_choices for task in HELD_OUT_TASKS}
+#: (rte 2, cb 3, copa 2, wic 2, wsc 2, anli 3, winogrande 2, ag_news 4, trec 6, ...).
+DEFAULT_N_CHOICES: dict[str, int] = {task.name: task.n_choices for task in TASKS.values()}
+#: What a task outside the T0 held-out set is in an experiment: a pre-training task held out.
+CLUSTER_LABEL = "held-out cluster from t0_train (not a T0 task)"
 
 _RECORD_KEYS = ("method", "variant", "results")
 _RESULT_KEYS = ("task", "seed", "accuracy", "correct")
@@ -299,14 +305,19 @@ def summarize_experiment(
 
     Returns:
         A JSON-able dict: ``baseline``, ``n_boot``, ``seed``, ``confidence`` (0.95),
-        ``methods`` / ``variants`` / ``tasks`` (report order), ``chance`` (``{task: p or None}``),
-        ``chance_mean`` and ``runs[variant][method]`` with ``tasks[task]`` (``seeds``
-        ``{seed: acc}``, ``median``, ``min``, ``max``, ``q25``, ``q75``, ``iqr``, ``std``,
-        ``n_seeds``, ``n_distinct``, ``n_examples``), ``mean`` and ``n_tasks`` (over its tasks),
-        ``spread_mean`` (``{"min", "max"}``: the mean over tasks of the seeds' min and max),
-        ``mode``, ``wall_time_s``, ``source``, ``config`` and ``delta``: ``None`` for the baseline
-        or when the variant has no baseline run, else ``{"baseline", "tasks" (the tasks both
-        ran), "mean": {"estimate", "low", "high"}, "per_task": {task: {...}}}`` (fractions).
+        ``methods`` / ``variants`` / ``tasks`` (report order: the T0 tasks, then the others),
+        ``t0_tasks`` and ``cluster_tasks`` (the tasks outside the T0 held-out set: a cluster
+        held out of ``t0_train``, described by ``cluster_label``), ``chance`` (``{task: p or
+        None}``), ``chance_mean`` (all tasks), ``chance_mean_t0`` and ``runs[variant][method]``
+        with ``tasks[task]`` (``seeds`` ``{seed: acc}``, ``median``, ``min``, ``max``, ``q25``,
+        ``q75``, ``iqr``, ``std``, ``n_seeds``, ``n_distinct``, ``n_examples``), ``mean`` and
+        ``n_tasks`` (over all its tasks), ``spread_mean`` (``{"min", "max"}``: the mean over
+        tasks of the seeds' min and max), ``t0`` (``{"mean", "n_tasks", "spread_mean"}`` over
+        its T0 tasks alone; ``None`` without one), ``mode``, ``wall_time_s``, ``source``,
+        ``config`` and ``delta``: ``None`` for the baseline or when the variant has no baseline
+        run, else ``{"baseline", "tasks" (the tasks both ran), "mean": {"estimate", "low",
+        "high"}, "t0": {...} over the T0 tasks both ran (``None`` without one), "per_task":
+        {task: {...}}}`` (fractions).
 
     Raises:
         ValueError: a record breaks the schema, two records share (method, variant), or the
@@ -321,8 +332,8 @@ def summarize_experiment(
     variants = _order({variant for variant, _ in runs}, list(VARIANTS))
     methods = _order({method for _, method in runs}, METHODS)
     tasks = _order({task for run in runs.values() for task in run["tasks"]}, HELD_OUT)
+    t0_tasks = [task for task in tasks if task in HELD_OUT]
     chance = {task: (1.0 / n_choices[task] if n_choices.get(task) else None) for task in tasks}
-    known = [value for value in chance.values() if value is not None]
 
     out_runs: dict[str, dict[str, Any]] = {}
     for variant in variants:
@@ -332,14 +343,11 @@ def summarize_experiment(
                 continue
             run = runs[variant, method]
             stats = {task: _task_stats(run["tasks"][task]) for task in tasks if task in run["tasks"]}
+            t0_stats = [stats[task] for task in t0_tasks if task in stats]
             entries[method] = {
                 "tasks": stats,
-                "mean": float(np.mean([s["median"] for s in stats.values()])),
-                "n_tasks": len(stats),
-                "spread_mean": {
-                    "min": float(np.mean([s["min"] for s in stats.values()])),
-                    "max": float(np.mean([s["max"] for s in stats.values()])),
-                },
+                **_group_means(list(stats.values())),
+                "t0": _group_means(t0_stats) if t0_stats else None,
                 "mode": run["mode"],
                 "wall_time_s": run["wall_time_s"],
                 "source": run["source"],
@@ -361,10 +369,32 @@ def summarize_experiment(
         "methods": methods,
         "variants": variants,
         "tasks": tasks,
+        "t0_tasks": t0_tasks,
+        "cluster_tasks": [task for task in tasks if task not in HELD_OUT],
+        "cluster_label": CLUSTER_LABEL,
         "chance": chance,
-        "chance_mean": float(np.mean(known)) if known else None,
+        "chance_mean": _mean_known(chance[task] for task in tasks),
+        "chance_mean_t0": _mean_known(chance[task] for task in t0_tasks),
         "runs": out_runs,
     }
+
+
+def _group_means(stats: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """``mean`` (of the medians), ``n_tasks`` and ``spread_mean`` (of the seeds' min and max) over ``stats``."""
+    return {
+        "mean": float(np.mean([s["median"] for s in stats])),
+        "n_tasks": len(stats),
+        "spread_mean": {
+            "min": float(np.mean([s["min"] for s in stats])),
+            "max": float(np.mean([s["max"] for s in stats])),
+        },
+    }
+
+
+def _mean_known(values: Iterable[float | None]) -> float | None:
+    """The mean of the values that are not ``None`` (``None`` when none is)."""
+    known = [value for value in values if value is not None]
+    return float(np.mean(known)) if known else None
 
 
 def _bootstrap_medians(
@@ -425,17 +455,33 @@ def _fill_deltas(
         for task in common:
             replicates = boot_median[task][method] - boot_median[task][baseline]
             per_task[task] = _interval(replicates, entry["tasks"][task]["median"] - base[task]["median"])
-        # Mean over tasks of the method minus that of the baseline (not a mean of per-task
-        # differences), so a method identical to the baseline gives exactly 0 in every replicate.
-        ours = np.mean([boot_median[task][method] for task in common], axis=0)
-        theirs = np.mean([boot_median[task][baseline] for task in common], axis=0)
-        estimate = np.mean([entry["tasks"][t]["median"] for t in common]) - np.mean([base[t]["median"] for t in common])
+        common_t0 = [task for task in common if task in HELD_OUT]
         entry["delta"] = {
             "baseline": baseline,
             "tasks": common,
-            "mean": _interval(ours - theirs, float(estimate)),
+            "mean": _mean_delta(common, boot_median, entry["tasks"], base, method=method, baseline=baseline),
+            "t0": _mean_delta(common_t0, boot_median, entry["tasks"], base, method=method, baseline=baseline)
+            if common_t0 else None,
             "per_task": per_task,
         }
+
+
+def _mean_delta(
+    common: Sequence[str],
+    boot_median: Mapping[str, Mapping[str, np.ndarray]],
+    ours: Mapping[str, Any],
+    theirs: Mapping[str, Any],
+    *,
+    method: str,
+    baseline: str,
+) -> dict[str, float]:
+    """The interval of ``method``'s mean over ``common`` minus ``baseline``'s (``ours``/``theirs``: task stats)."""
+    # Mean over tasks of the method minus that of the baseline (not a mean of per-task
+    # differences), so a method identical to the baseline gives exactly 0 in every replicate.
+    replicates = (np.mean([boot_median[task][method] for task in common], axis=0)
+                  - np.mean([boot_median[task][baseline] for task in common], axis=0))
+    estimate = np.mean([ours[t]["median"] for t in common]) - np.mean([theirs[t]["median"] for t in common])
+    return _interval(replicates, float(estimate))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -456,13 +502,39 @@ def _pct(value: float | None) -> str:
     return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.1f}"
 
 
-def _delta_cell(delta: Mapping[str, Any] | None) -> str:
+def _delta_cell(interval: Mapping[str, float] | None) -> str:
     """``+1.2 [-0.4, +2.9]`` in percentage points; bold when the interval excludes 0."""
-    if delta is None:
+    if interval is None:
         return "–"
-    mean = delta["mean"]
-    text = f"{100 * mean['estimate']:+.1f} [{100 * mean['low']:+.1f}, {100 * mean['high']:+.1f}]"
-    return f"**{text}**" if mean["low"] > 0 or mean["high"] < 0 else text
+    text = f"{100 * interval['estimate']:+.1f} [{100 * interval['low']:+.1f}, {100 * interval['high']:+.1f}]"
+    return f"**{text}**" if interval["low"] > 0 or interval["high"] < 0 else text
+
+
+#: A group of tasks a mean runs over: its key, mean-column header and Δ-column suffix.
+_Group = tuple[str, str, str]
+
+
+def _groups(summary: Mapping[str, Any]) -> list[_Group]:
+    """One mean over all tasks; with a held-out cluster, the T0 tasks' mean before it."""
+    if summary.get("cluster_tasks"):
+        return [("t0", "T0 mean", ", T0 tasks"), ("all", "all-task mean", ", all tasks")]
+    return [("all", "mean", "")]
+
+
+def _group_stats(entry: Mapping[str, Any], key: str) -> Mapping[str, Any] | None:
+    """``{"mean", "n_tasks", "spread_mean"}`` of a run entry over the group ``key`` (``None``: no task of it)."""
+    return entry if key == "all" else entry.get("t0")
+
+
+def _group_delta(delta: Mapping[str, Any] | None, key: str) -> Mapping[str, float] | None:
+    """The interval of a Δ over the group ``key``."""
+    if delta is None:
+        return None
+    return delta["mean"] if key == "all" else delta.get("t0")
+
+
+def _in_group(task: str, key: str) -> bool:
+    return key == "all" or task in HELD_OUT
 
 
 def _seed_counts(summary: Mapping[str, Any], variant: str) -> str:
@@ -479,71 +551,118 @@ def markdown_table(summary: Mapping[str, Any]) -> str:
 
     Per variant: rows = methods, columns = the tasks' medians over seeds (%), their mean and the
     mean's difference from the baseline in percentage points with its paired-bootstrap 95 %
-    interval (bold when it excludes 0).
+    interval (bold when it excludes 0). The columns of a held-out cluster from ``t0_train`` are
+    marked ‡ and labelled `CLUSTER_LABEL`; then the means and Δs come twice: over the T0 tasks
+    and over all tasks.
     """
+    lines = ["# T0 proxy experiment: every method, one protocol", ""]
+    lines += _headline(summary)
+    for variant in summary["variants"]:
+        lines += _variant_table(summary, variant)
+    lines += _runs_table(summary)
+    return "\n".join(lines) + "\n"
+
+
+def _delta_variant(summary: Mapping[str, Any]) -> str | None:
+    variants = summary["variants"]
+    return "fewshot" if "fewshot" in variants else (variants[0] if variants else None)
+
+
+def _cluster_note(summary: Mapping[str, Any], columns: Sequence[str]) -> list[str]:
+    """The line naming the ‡ columns of ``columns`` (none without a held-out cluster)."""
+    cluster = [task for task in summary.get("cluster_tasks", []) if task in columns]
+    if not cluster:
+        return []
+    named = ", ".join(f"{_column(t)} ({t}, chance {_pct(summary['chance'][t])} %)" for t in cluster)
+    return [f"‡ {summary.get('cluster_label', CLUSTER_LABEL)}: {named}. Left out of the pre-training mixture; "
+            "each seed's shots come from a fixed shot pool of its t0_train rows, its evaluation rows from the "
+            "disjoint rest. T0 mean: the T0 tasks only; all-task mean: every column.", ""]
+
+
+def _headline(summary: Mapping[str, Any]) -> list[str]:
+    """The headline: per method and variant the mean(s) over tasks, and the Δ(s) of one variant."""
     baseline = summary["baseline"]
     base_label = METHOD_LABELS.get(baseline, baseline)
-    tasks = summary["tasks"]
-    runs = summary["runs"]
-    variants = summary["variants"]
-    lines = ["# T0 proxy experiment: every method, one protocol", ""]
-
-    # Headline.
+    runs, variants, groups = summary["runs"], summary["variants"], _groups(summary)
     head_variants = [v for v in ("zeroshot", "fewshot", "no_pretrain") if v in variants]
-    delta_variant = "fewshot" if "fewshot" in variants else (variants[0] if variants else None)
+    delta_variant = _delta_variant(summary)
+    short = _SHORT.get(delta_variant, delta_variant)
+    lines = ["## Headline", "", f"Mean over tasks of the median accuracy over seeds (%); Δ in percentage points "
+             f"vs {base_label}.", ""]
+    if summary.get("cluster_tasks"):
+        cluster = ", ".join(_column(t) for t in summary["cluster_tasks"])
+        n_t0 = len(summary["t0_tasks"])
+        lines += [f"T0 mean: the {n_t0} T0 held-out task{'s' if n_t0 != 1 else ''}; "
+                  f"all-task mean: those and {cluster}, "
+                  f"a {summary.get('cluster_label', CLUSTER_LABEL)}.", ""]
     lines += [
-        "## Headline",
-        "",
-        f"Mean over tasks of the median accuracy over seeds (%); Δ in percentage points vs {base_label}.",
-        "",
-        "| method | " + " | ".join(f"{_SHORT.get(v, v)} mean" for v in head_variants)
-        + f" | {_SHORT.get(delta_variant, delta_variant)} Δ vs {base_label} [95 % CI] |",
-        "|---" * (len(head_variants) + 2) + "|",
+        "| method | " + " | ".join(f"{_SHORT.get(v, v)} {header}" for v in head_variants for _, header, _ in groups)
+        + " | " + " | ".join(f"{short} Δ vs {base_label}{suffix} [95 % CI]" for _, _, suffix in groups) + " |",
+        "|---" * (len(head_variants) * len(groups) + len(groups) + 1) + "|",
     ]
     for method in summary["methods"]:
-        cells = [_pct(runs[v][method]["mean"]) if method in runs[v] else "–" for v in head_variants]
+        cells = []
+        for variant in head_variants:
+            for key, _, _ in groups:
+                stats = _group_stats(runs[variant][method], key) if method in runs[variant] else None
+                cells.append(_pct(stats["mean"]) if stats else "–")
         delta = runs[delta_variant].get(method, {}).get("delta") if delta_variant else None
-        delta_text = "(baseline)" if method == baseline else _delta_cell(delta)
-        lines.append(f"| {_label(method)} | " + " | ".join(cells) + f" | {delta_text} |")
-    if summary.get("chance_mean") is not None:
-        lines.append("| chance | " + " | ".join(_pct(summary["chance_mean"]) for _ in head_variants) + " | |")
-    lines.append("")
+        deltas = ["(baseline)" if method == baseline else _delta_cell(_group_delta(delta, key)) for key, _, _ in groups]
+        lines.append(f"| {_label(method)} | " + " | ".join(cells + deltas) + " |")
+    chance = {"t0": summary.get("chance_mean_t0"), "all": summary.get("chance_mean")}
+    if chance["all"] is not None:
+        lines.append("| chance | " + " | ".join(_pct(chance[key]) for _ in head_variants for key, _, _ in groups)
+                     + " |" + " |" * len(groups))
+    return lines + [""]
 
-    # One table per variant.
-    for variant in variants:
-        entries = runs[variant]
-        columns = [t for t in tasks if any(t in e["tasks"] for e in entries.values())]
-        lines += [
-            f"## {VARIANTS.get(variant, variant).capitalize()}",
-            "",
-            f"Median accuracy (%) over {_seed_counts(summary, variant)} per task.",
-            "",
-            "| method | " + " | ".join(_column(t) for t in columns) + f" | mean | Δ vs {base_label} [95 % CI] |",
-            "|---" * (len(columns) + 3) + "|",
-        ]
-        partial = False
-        for method, entry in entries.items():
-            cells = [_pct(entry["tasks"][t]["median"]) if t in entry["tasks"] else "–" for t in columns]
-            mean = _pct(entry["mean"])
-            if entry["n_tasks"] < len(columns):
+
+def _variant_table(summary: Mapping[str, Any], variant: str) -> list[str]:
+    """One variant: per method the median of every task, the mean(s) over tasks and the Δ(s)."""
+    baseline = summary["baseline"]
+    base_label = METHOD_LABELS.get(baseline, baseline)
+    entries, groups = summary["runs"][variant], _groups(summary)
+    columns = [t for t in summary["tasks"] if any(t in e["tasks"] for e in entries.values())]
+    cluster = set(summary.get("cluster_tasks", []))
+    lines = [
+        f"## {VARIANTS.get(variant, variant).capitalize()}",
+        "",
+        f"Median accuracy (%) over {_seed_counts(summary, variant)} per task.",
+        "",
+        *_cluster_note(summary, columns),
+        "| method | " + " | ".join(_column(t) + (" ‡" if t in cluster else "") for t in columns)
+        + " | " + " | ".join(header for _, header, _ in groups)
+        + " | " + " | ".join(f"Δ vs {base_label}{suffix} [95 % CI]" for _, _, suffix in groups) + " |",
+        "|---" * (len(columns) + 2 * len(groups) + 1) + "|",
+    ]
+    partial = False
+    for method, entry in entries.items():
+        cells = [_pct(entry["tasks"][t]["median"]) if t in entry["tasks"] else "–" for t in columns]
+        for key, _, _ in groups:
+            stats = _group_stats(entry, key)
+            mean = _pct(stats["mean"]) if stats else "–"
+            if stats and stats["n_tasks"] < sum(_in_group(t, key) for t in columns):
                 mean += " †"
                 partial = True
-            delta = "(baseline)" if method == baseline else _delta_cell(entry["delta"])
-            lines.append(f"| {_label(method, entry)} | " + " | ".join(cells) + f" | {mean} | {delta} |")
-        chance = [summary["chance"].get(t) for t in columns]
-        known = [c for c in chance if c is not None]
-        lines.append(
-            "| chance | " + " | ".join(_pct(c) for c in chance)
-            + f" | {_pct(sum(known) / len(known)) if known else '–'} | |"
-        )
-        if baseline not in entries:
-            lines += ["", f"No {base_label} run in this variant: no Δ."]
-        if partial:
-            lines += ["", "† mean over fewer tasks than the table's columns (a Δ uses only the tasks both methods ran)."]
-        lines.append("")
+            cells.append(mean)
+        cells += ["(baseline)" if method == baseline else _delta_cell(_group_delta(entry["delta"], key))
+                  for key, _, _ in groups]
+        lines.append(f"| {_label(method, entry)} | " + " | ".join(cells) + " |")
+    chance = [summary["chance"].get(t) for t in columns]
+    means = [_mean_known(c for t, c in zip(columns, chance) if _in_group(t, key)) for key, _, _ in groups]
+    lines.append("| chance | " + " | ".join(_pct(c) for c in chance + means) + " |" + " |" * len(groups))
+    if baseline not in entries:
+        lines += ["", f"No {base_label} run in this variant: no Δ."]
+    if partial:
+        lines += ["", "† mean over fewer tasks than the table's columns (a Δ uses only the tasks both methods ran)."]
+    return lines + [""]
 
-    # Runs.
-    lines += ["## Runs", "", "| method | " + " | ".join(f"{_SHORT.get(v, v)} wall time" for v in variants) + " |"]
+
+def _runs_table(summary: Mapping[str, Any]) -> list[str]:
+    """Wall time per method and variant, then how the numbers were computed."""
+    baseline = summary["baseline"]
+    base_label = METHOD_LABELS.get(baseline, baseline)
+    runs, variants = summary["runs"], summary["variants"]
+    lines = ["## Runs", "", "| method | " + " | ".join(f"{_SHORT.get(v, v)} wall time" for v in variants) + " |"]
     lines.append("|---" * (len(variants) + 1) + "|")
     for method in summary["methods"]:
         cells = []
@@ -551,18 +670,22 @@ def markdown_table(summary: Mapping[str, Any]) -> str:
             wall = runs[variant].get(method, {}).get("wall_time_s")
             cells.append("–" if wall is None else f"{wall / 60:.1f} min")
         lines.append(f"| {_label(method)} | " + " | ".join(cells) + " |")
-    lines += [
+    delta_variant = _delta_variant(summary)
+    if delta_variant is None:
+        return lines
+    means = ("mean over tasks of the medians (over the T0 tasks, and over all tasks)" if summary.get("cluster_tasks")
+             else "mean over tasks of the medians")
+    return lines + [
         "",
         f"How the numbers were computed: accuracy per (task, seed) from each evaluation example's "
         f"0/1 outcome; median over the seeds of each task ({_SHORT.get(delta_variant, delta_variant)}: "
         f"{_seed_counts(summary, delta_variant)}); "
-        f"mean over tasks of the medians; Δ = a method's mean minus {base_label}'s over the tasks both ran, "
+        f"{means}; Δ = a method's mean minus {base_label}'s over the tasks both ran, "
         f"with a 95 % percentile interval from a paired bootstrap over evaluation examples "
         f"(n_boot = {summary['n_boot']}, seed {summary['seed']}: each resample draws every task's examples "
         f"with replacement once and scores every method and seed on that same draw). The interval "
         f"covers the evaluation sample, not the choice of seeds. Chance is 1 / number of answer choices.",
-    ] if delta_variant else []
-    return "\n".join(lines) + "\n"
+    ]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -573,7 +696,9 @@ def plot_experiment(summary: Mapping[str, Any], path: str | os.PathLike) -> Path
     """Grouped bars (PNG): per method, the mean accuracy of each variant.
 
     Error bars run from the mean over tasks of the seeds' minimum to that of their maximum;
-    the dashed line is chance (mean over the tasks). The legend sits below the axes.
+    the dashed line is chance (mean over the tasks). With a held-out cluster from ``t0_train``
+    there are two panels: the mean over the T0 tasks and over all tasks. The legend sits below
+    the axes.
     """
     import matplotlib
 
@@ -581,37 +706,51 @@ def plot_experiment(summary: Mapping[str, Any], path: str | os.PathLike) -> Path
     import matplotlib.pyplot as plt
 
     methods = summary["methods"]
-    variants = summary["variants"]
-    runs = summary["runs"]
-    width = 0.8 / max(1, len(variants))
-    figure, axis = plt.subplots(figsize=(max(6.0, 1.1 * len(methods) + 2), 4.5))
-    for i, variant in enumerate(variants):
-        xs, heights, low, high = [], [], [], []
-        for x, method in enumerate(methods):
-            entry = runs[variant].get(method)
-            if entry is None:
-                continue
-            xs.append(x + (i - (len(variants) - 1) / 2) * width)
-            heights.append(100 * entry["mean"])
-            low.append(100 * (entry["mean"] - entry["spread_mean"]["min"]))
-            high.append(100 * (entry["spread_mean"]["max"] - entry["mean"]))
-        axis.bar(xs, heights, width=width, label=_SHORT.get(variant, variant),
-                 yerr=[low, high], capsize=2, error_kw={"elinewidth": 0.8})
-    if summary.get("chance_mean") is not None:
-        axis.axhline(100 * summary["chance_mean"], color="black", linestyle="dashed", linewidth=1,
-                     label="chance (mean over tasks)")
-    axis.set_xticks(range(len(methods)), [METHOD_LABELS.get(m, m) for m in methods])
-    axis.set_ylabel("mean accuracy over tasks (%)")
-    axis.set_ylim(0, 100)
-    axis.set_title(f"T0 proxy: {len(summary['tasks'])} held-out tasks, median over seeds "
-                   "(bars: seeds' min-max, mean over tasks)", fontsize=9)
-    axis.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncols=4, frameon=False)  # below: no bar hidden
+    groups = _groups(summary)
+    figure, axes = plt.subplots(1, len(groups), figsize=(len(groups) * max(6.0, 1.1 * len(methods) + 2), 4.5),
+                                squeeze=False)
+    for axis, (key, _, _) in zip(axes[0], groups):
+        _plot_group(axis, summary, key)
+    axes[0][0].legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncols=4,
+                      frameon=False)  # below: no bar hidden
     figure.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=120, format="png")  # explicit: atomic_write's temporary name ends in .tmp
     plt.close(figure)
     return path
+
+
+def _plot_group(axis: Any, summary: Mapping[str, Any], key: str) -> None:
+    """One panel: per method and variant the mean over the group ``key``'s tasks, with the seeds' spread."""
+    methods, variants, runs = summary["methods"], summary["variants"], summary["runs"]
+    width = 0.8 / max(1, len(variants))
+    for i, variant in enumerate(variants):
+        xs, heights, low, high = [], [], [], []
+        for x, method in enumerate(methods):
+            stats = _group_stats(runs[variant][method], key) if method in runs[variant] else None
+            if stats is None:
+                continue
+            xs.append(x + (i - (len(variants) - 1) / 2) * width)
+            heights.append(100 * stats["mean"])
+            low.append(100 * (stats["mean"] - stats["spread_mean"]["min"]))
+            high.append(100 * (stats["spread_mean"]["max"] - stats["mean"]))
+        axis.bar(xs, heights, width=width, label=_SHORT.get(variant, variant),
+                 yerr=[low, high], capsize=2, error_kw={"elinewidth": 0.8})
+    chance = summary.get("chance_mean_t0") if key == "t0" else summary.get("chance_mean")
+    if chance is not None:
+        axis.axhline(100 * chance, color="black", linestyle="dashed", linewidth=1, label="chance (mean over tasks)")
+    axis.set_xticks(range(len(methods)), [METHOD_LABELS.get(m, m) for m in methods])
+    axis.set_ylabel("mean accuracy over tasks (%)")
+    axis.set_ylim(0, 100)
+    if not summary.get("cluster_tasks"):
+        title = f"T0 proxy: {len(summary['tasks'])} held-out task(s)"
+    elif key == "t0":
+        title = f"T0 proxy: the {len(summary['t0_tasks'])} T0 held-out task(s)"
+    else:
+        cluster = ", ".join(_column(t) for t in summary["cluster_tasks"])
+        title = f"T0 proxy: all {len(summary['tasks'])} tasks (T0 + held-out cluster from t0_train: {cluster})"
+    axis.set_title(f"{title}\nmedian over seeds (bars: seeds' min-max, mean over tasks)", fontsize=9)
 
 
 # ---------------------------------------------------------------------------------------------

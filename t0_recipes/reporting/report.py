@@ -42,6 +42,8 @@ class SeedResult:
         n_train: few-shot training examples (``None`` for zero-shot).
         correct: per evaluation example, in the protocol's fixed order, 1 if predicted right:
             the same examples for every method, so differences can be bootstrapped in pairs.
+        train_s: seconds to copy the model and adapt it (``None``: a repeated zero-shot result).
+        eval_s: seconds of rank classification (``None`` likewise).
     """
 
     task: str
@@ -51,6 +53,8 @@ class SeedResult:
     by_template: dict[str, float] = field(default_factory=dict)
     n_train: int | None = None
     correct: list[int] = field(default_factory=list)
+    train_s: float | None = None
+    eval_s: float | None = None
 
 
 def summarize(results: Sequence[SeedResult]) -> dict[str, Any]:
@@ -184,7 +188,8 @@ def markdown_report(report: Mapping[str, Any]) -> str:
             )
     extra = [t for t in tasks if t not in HELD_OUT]
     if extra:
-        lines += ["", "Other tasks (not in Table 1): " + ", ".join(f"{t} {_pct(tasks[t]['median'])}" for t in extra) + "."]
+        lines += ["", "Held-out cluster from t0_train (not T0 tasks, not in Table 1; not in ACC): " + ", ".join(
+            f"{t} {_pct(tasks[t]['median'])} (chance {100 / TASKS[t].n_choices:.1f})" for t in extra) + "."]
 
     lines += ["", "## Per seed", "", "| task | " + " | ".join(f"seed {s}" for s in seeds) + " | median | eval examples |"]
     lines.append("|---" * (len(seeds) + 3) + "|")
@@ -267,12 +272,16 @@ def write_run_record(
     results: Sequence[SeedResult],
     wall_time_s: float | None,
     config: Mapping[str, Any],
+    phases_s: Mapping[str, float | None] | None = None,
 ) -> Path:
     """One run's record for `t0_recipes.reporting.experiment`: per (task, seed) the accuracy and
     the per-example ``correct`` vector (examples in the protocol's fixed order), written atomically.
 
     ``variant``: ``"fewshot"`` (pre-trained, then few-shot), ``"zeroshot"`` (pre-trained, a new
     task's fresh routing, no training) or ``"no_pretrain"`` (few-shot from a fresh adapter).
+    Timings sit apart from ``results`` (so two runs of one seed have equal ``results``):
+    ``phases_s``, the run's seconds per phase (``{"setup": ..., "pretrain": ..., ...}``), and
+    ``task_seed_s``, per (task, seed) the seconds spent training and evaluating.
     """
     record = {
         "method": method,
@@ -283,6 +292,8 @@ def write_run_record(
             for r in results
         ],
         "wall_time_s": wall_time_s,
+        "phases_s": dict(phases_s or {}),
+        "task_seed_s": [{"task": r.task, "seed": r.seed, "train": r.train_s, "eval": r.eval_s} for r in results],
         "config": dict(config),
     }
     path = Path(path)

@@ -241,3 +241,43 @@ def test_cli_reads_every_run_record_under_the_folder(tmp_path):
     assert summary["methods"] == ["lora", "poly"] and summary["n_boot"] == 50
     assert (tmp_path / "out" / "t0_proxy.png").stat().st_size > 0
     assert main([str(tmp_path / "empty"), "--out", str(tmp_path / "out2")]) == 2
+
+
+def _cluster_records():
+    """LoRA and Poly, few-shot, on rte and cb and on the topic cluster held out of t0_train."""
+    cluster = {"ag_news": [_vector(0.8)] * 5, "trec": [_vector(0.6)] * 5}
+    lora = _record("lora", "fewshot", {"rte": [_vector(a) for a in RTE], "cb": [_vector(a) for a in CB]} | cluster)
+    poly = _record("poly", "fewshot", {"rte": [_vector(0.5)] * 5, "cb": [_vector(0.5)] * 5,
+                                       "ag_news": [_vector(0.3)] * 5, "trec": [_vector(0.2)] * 5})
+    return [lora, poly]
+
+
+def test_a_held_out_cluster_is_labelled_and_averaged_apart_from_the_t0_tasks(tmp_path):
+    summary = summarize_experiment(_cluster_records(), n_boot=200)
+    assert summary["tasks"] == ["rte", "cb", "ag_news", "trec"]
+    assert summary["t0_tasks"] == ["rte", "cb"] and summary["cluster_tasks"] == ["ag_news", "trec"]
+    assert summary["chance"] == pytest.approx({"rte": 1 / 2, "cb": 1 / 3, "ag_news": 1 / 4, "trec": 1 / 6})
+    assert summary["chance_mean_t0"] == pytest.approx((1 / 2 + 1 / 3) / 2)
+    assert summary["chance_mean"] == pytest.approx((1 / 2 + 1 / 3 + 1 / 4 + 1 / 6) / 4)
+    lora, poly = (summary["runs"]["fewshot"][m] for m in ("lora", "poly"))
+    assert (lora["t0"]["mean"], lora["t0"]["n_tasks"]) == (pytest.approx(0.55), 2)
+    assert (lora["mean"], lora["n_tasks"]) == (pytest.approx((0.6 + 0.5 + 0.8 + 0.6) / 4), 4)
+    assert poly["delta"]["t0"]["estimate"] == pytest.approx(0.5 - 0.55)
+    assert poly["delta"]["mean"]["estimate"] == pytest.approx((0.5 + 0.5 + 0.3 + 0.2) / 4 - 0.625)
+    text = markdown_table(summary)
+    assert "| method | few-shot T0 mean | few-shot all-task mean | few-shot Δ vs LoRA, T0 tasks [95 % CI] | " \
+           "few-shot Δ vs LoRA, all tasks [95 % CI] |" in text
+    assert "T0 mean: the 2 T0 held-out tasks; all-task mean: those and AG, TREC, a held-out cluster from t0_train " \
+           "(not a T0 task)." in text
+    assert "| LoRA | 55.0 | 62.5 | (baseline) | (baseline) |" in text and "| chance | 41.7 | 31.2 | | |" in text
+    assert "| method | RTE | CB | AG ‡ | TREC ‡ | T0 mean | all-task mean | Δ vs LoRA, T0 tasks [95 % CI] | " \
+           "Δ vs LoRA, all tasks [95 % CI] |" in text
+    assert "‡ held-out cluster from t0_train (not a T0 task): AG (ag_news, chance 25.0 %), " \
+           "TREC (trec, chance 16.7 %)." in text
+    assert "| LoRA | 60.0 | 50.0 | 80.0 | 60.0 | 55.0 | 62.5 | (baseline) | (baseline) |" in text
+    assert "| chance | 50.0 | 33.3 | 25.0 | 16.7 | 41.7 | 31.2 | | |" in text
+    paths = write_experiment(summary, tmp_path)
+    assert paths["png"].stat().st_size > 1000
+    assert json.loads(paths["json"].read_text())["cluster_tasks"] == ["ag_news", "trec"]
+    plain = markdown_table(summarize_experiment(_basic_records(), n_boot=10))
+    assert "‡" not in plain and "T0 mean" not in plain  # no cluster: one mean, as before
