@@ -47,6 +47,7 @@ from t0_recipes.methods import ADAPTER_SIZES, adapter_config_for, check_mode, mo
 from t0_recipes.reporting.report import write_run_record
 from t0_recipes.run_dir import OutputDirError, claim_output_dir
 from t0_recipes.scoring.scorers import get_scorer
+from t0_recipes.training.zero_shot_routing import ROUTINGS, check_routing_method, evaluate_zero_shot_routing
 from tensoradapt.atomic import atomic_write
 from t0_recipes.presets import ModelUnavailableError, Preset, load_model
 from tensoradapt.config import METHOD_LABELS
@@ -125,6 +126,13 @@ def recipe_parser(method: str) -> argparse.ArgumentParser:
     parser.add_argument("--zero-shot", action="store_true",
                         help="also evaluate every held-out task before few-shot training (a fresh routing row: "
                              "the skills averaged; T-REX: the prior of the seed's unlabelled inputs), first seed only")
+    parser.add_argument("--zero-shot-routing", nargs="+", default=[], choices=sorted(ROUTINGS), metavar="ROUTING",
+                        help="also evaluate every held-out task from the pre-trained model routed without training "
+                             "(Poly, MHR, TensorPoly-I / -II): arrow (every token by Arrow, first seed only), "
+                             "arrow_task (a routing row from each seed's few-shot inputs, labels unused); "
+                             "records <stem>_zeroshot_<ROUTING>.run.json (t0_recipes.training.zero_shot_routing)")
+    parser.add_argument("--arrow-top-k", type=int, default=None,
+                        help="skills per token of --zero-shot-routing (default: all, softmax over every skill, mttl's)")
     return parser
 
 
@@ -162,6 +170,9 @@ def run_recipe(method: str, args: argparse.Namespace) -> dict[str, Path]:
     apply_threads(preset)
     hp = preset.pretrain
     tasks = evaluated_tasks(args)
+    check_routing_method(method, args.zero_shot_routing)
+    if args.zero_shot_routing and hp.steps == 0:
+        raise ValueError("--zero-shot-routing routes the skills of a pre-trained model; it needs --pretrain-steps > 0")
     pools: dict[str, dict[str, int]] = {}
     if args.source == "local":  # every file the run will read, read and rendered before anything trains
         pretrains = hp.steps > 0 or method == "trex"
@@ -234,6 +245,13 @@ def run_recipe(method: str, args: argparse.Namespace) -> dict[str, Path]:
         zero_shot_results = run_protocol(lambda: copy.deepcopy(model), tokenizer, zero_shot, adapt=adapt.open_only,
                                          route=adapt.route, scorer=scorer, progress=not args.quiet)
         phases_s["zero_shot"] = time.perf_counter() - clock
+    routing_results = {}
+    for routing in args.zero_shot_routing:
+        clock = time.perf_counter()
+        routing_results[routing] = evaluate_zero_shot_routing(
+            model, tokenizer, protocol, method=method, routing=routing, scorer=scorer, top_k=args.arrow_top_k,
+            progress=not args.quiet)
+        phases_s[f"zero_shot_{routing}"] = time.perf_counter() - clock
     clock = time.perf_counter()
     results = run_protocol(lambda: copy.deepcopy(model), tokenizer, protocol, adapt=adapt,
                            route=adapt.route, scorer=scorer, progress=not args.quiet)
@@ -259,6 +277,13 @@ def run_recipe(method: str, args: argparse.Namespace) -> dict[str, Path]:
         paths["zero_shot_run"] = write_run_record(
             out / f"{stem}_zeroshot.run.json", method=method, variant="zeroshot" if hp.steps > 0 else "no_pretrain_zeroshot",
             mode=args.mode, results=zero_shot_results, wall_time_s=None, config=asdict(config), phases_s=phases_s)
+    for routing, routing_result in routing_results.items():
+        paths[f"{ROUTINGS[routing]}_run"] = write_run_record(
+            out / f"{stem}_{ROUTINGS[routing]}.run.json", method=method, variant=ROUTINGS[routing], mode=args.mode,
+            results=routing_result, wall_time_s=phases_s[f"zero_shot_{routing}"],
+            config=asdict(config) | {"zero_shot_routing": {"routing": routing, "top_k": args.arrow_top_k,
+                                                          "temperature": 1.0}},
+            phases_s=phases_s)
     _log_summary(report, paths)
     return paths
 
@@ -300,6 +325,8 @@ def main(method: str, argv: Sequence[str] | None = None) -> dict[str, Path]:
         value = getattr(args, name)
         if value is not None and value < (0 if name == "pretrain_steps" else 1):
             parser.error(f"--{name.replace('_', '-')} {value} is too small: pre-training takes >= 0 steps, few-shot >= 1")
+    if args.arrow_top_k is not None and args.arrow_top_k < 1:
+        parser.error(f"--arrow-top-k {args.arrow_top_k} must be at least 1")
     if args.checkpoint_every is not None and args.checkpoint_every < 1:
         parser.error(f"--checkpoint-every {args.checkpoint_every} must be at least 1")
     try:  # a task without evaluation rows stops here, before any file or model is touched

@@ -4,7 +4,11 @@ An experiment runs every adapter method through one protocol in three variants:
 
 * ``fewshot``: multi-task pre-training, then few-shot adaptation on each held-out task;
 * ``zeroshot``: multi-task pre-training, no few-shot training (uniform / average routing);
-* ``no_pretrain``: few-shot adaptation of a fresh adapter.
+* ``no_pretrain``: few-shot adaptation of a fresh adapter;
+* ``zeroshot_arrow``, ``zeroshot_arrow_task`` (routed methods with skills): multi-task
+  pre-training, the new task routed without training by Arrow per token, or by a routing row set
+  from its unlabeled shots (`t0_recipes.training.zero_shot_routing`); compared per method with
+  ``zeroshot`` (uniform averaging) and ``fewshot`` by the same paired bootstrap (``routing``).
 
 Each (method, variant) run writes one *run record* (``<anything>.run.json``)::
 
@@ -58,6 +62,7 @@ from tensoradapt.config import METHOD_LABELS, METHODS
 __all__ = [
     "CLUSTER_LABEL",
     "DEFAULT_N_CHOICES",
+    "ROUTING_VARIANTS",
     "VARIANTS",
     "load_run_records",
     "main",
@@ -74,9 +79,15 @@ logger = logging.getLogger(__name__)
 VARIANTS: dict[str, str] = {
     "fewshot": "few-shot (pre-trained, then few-shot)",
     "zeroshot": "zero-shot (pre-trained, no few-shot training)",
+    "zeroshot_arrow": "zero-shot (Arrow): pre-trained, every token routed by Arrow, no training",
+    "zeroshot_arrow_task": "zero-shot (Arrow task row): pre-trained, a routing row from the unlabeled shots, "
+                           "no training",
     "no_pretrain": "no pre-training (few-shot from a fresh adapter)",
 }
-_SHORT = {"fewshot": "few-shot", "zeroshot": "zero-shot", "no_pretrain": "no pre-training"}
+_SHORT = {"fewshot": "few-shot", "zeroshot": "zero-shot", "zeroshot_arrow": "zero-shot (Arrow)",
+          "zeroshot_arrow_task": "zero-shot (Arrow task row)", "no_pretrain": "no pre-training"}
+#: The zero-shot routings compared, per method, with uniform averaging (``zeroshot``) and few-shot training.
+ROUTING_VARIANTS: tuple[str, ...] = ("zeroshot_arrow", "zeroshot_arrow_task")
 
 #: Answer choices per task (chance accuracy is ``1 / n_choices``): the task registry's figures
 #: (rte 2, cb 3, copa 2, wic 2, wsc 2, anli 3, winogrande 2, ag_news 4, trec 6, ...).
@@ -317,7 +328,9 @@ def summarize_experiment(
         ``config`` and ``delta``: ``None`` for the baseline or when the variant has no baseline
         run, else ``{"baseline", "tasks" (the tasks both ran), "mean": {"estimate", "low",
         "high"}, "t0": {...} over the T0 tasks both ran (``None`` without one), "per_task":
-        {task: {...}}}`` (fractions).
+        {task: {...}}}`` (fractions); ``routing``: per method with a zero-shot routing variant, each
+        of its zero-shot and few-shot variants against uniform averaging and few-shot training
+        (`_routing_deltas`).
 
     Raises:
         ValueError: a record breaks the schema, two records share (method, variant), or the
@@ -360,6 +373,7 @@ def summarize_experiment(
     for variant, entries in out_runs.items():
         if baseline in entries:
             _fill_deltas(entries, boot.get(variant, {}), baseline=baseline, tasks=tasks)
+    routing = _routing_deltas(runs, out_runs, methods=methods, tasks=tasks, n_boot=n_boot, seed=seed)
 
     return {
         "baseline": baseline,
@@ -376,7 +390,73 @@ def summarize_experiment(
         "chance_mean": _mean_known(chance[task] for task in tasks),
         "chance_mean_t0": _mean_known(chance[task] for task in t0_tasks),
         "runs": out_runs,
+        "routing": routing,
     }
+
+
+def _routing_deltas(
+    runs: Mapping[tuple[str, str], Mapping[str, Any]],
+    out_runs: Mapping[str, Mapping[str, Any]],
+    *,
+    methods: Sequence[str],
+    tasks: Sequence[str],
+    n_boot: int,
+    seed: int,
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """Per method with a zero-shot routing (`ROUTING_VARIANTS`), each variant against the same method's
+    uniform averaging (``zeroshot``) and few-shot training (``fewshot``).
+
+    The same bootstrap as the Δ vs the baseline, within one method across variants: a task's draw
+    comes from the same stream (``seed``, the task name, ``n``), so its examples pair across
+    uniform, Arrow, Arrow task row and few-shot as they pair across methods. A task whose variants
+    scored different numbers of examples is left out of the comparison (logged).
+
+    Returns:
+        ``{method: {variant: {"vs_zeroshot": delta, "vs_fewshot": delta}}}`` for the variants
+        ``zeroshot``, the routings and ``fewshot`` that the method ran; ``delta`` is ``None`` for a
+        variant against itself or a missing one, else ``{"reference", "tasks", "mean", "t0"}`` as
+        the ``delta`` of `summarize_experiment`.
+    """
+    routed = [m for m in methods if any((variant, m) in runs for variant in ROUTING_VARIANTS)]
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for method in routed:
+        present = [v for v in ("zeroshot", *ROUTING_VARIANTS, "fewshot") if (v, method) in runs]
+        boot: dict[str, dict[str, np.ndarray]] = {}
+        for task in tasks:
+            having = [v for v in present if task in runs[v, method]["tasks"]]
+            sizes = {next(iter(runs[v, method]["tasks"][task].values())).size for v in having}
+            if len(having) < 2:
+                continue
+            if len(sizes) > 1:
+                logger.warning("%s, %s: the variants scored %s examples; left out of the routing comparison",
+                               method, task, sorted(sizes))
+                continue
+            n = sizes.pop()
+            weights = _counts(n, n_boot, np.random.default_rng([seed, zlib.crc32(task.encode()), n]))
+            for variant in having:
+                columns = np.stack(list(runs[variant, method]["tasks"][task].values()), axis=1).astype(np.float64)
+                boot.setdefault(task, {})[variant] = np.median(weights @ columns / n, axis=1)  # r n, n k -> r k -> r
+        entries: dict[str, dict[str, Any]] = {}
+        for variant in present:
+            ours = out_runs[variant][method]["tasks"]
+            deltas: dict[str, Any] = {}
+            for reference in ("zeroshot", "fewshot"):
+                if reference == variant or reference not in present:
+                    deltas[f"vs_{reference}"] = None
+                    continue
+                theirs = out_runs[reference][method]["tasks"]
+                common = [t for t in tasks if t in boot and variant in boot[t] and reference in boot[t]]
+                common_t0 = [t for t in common if t in HELD_OUT]
+                deltas[f"vs_{reference}"] = None if not common else {
+                    "reference": reference,
+                    "tasks": common,
+                    "mean": _mean_delta(common, boot, ours, theirs, method=variant, baseline=reference),
+                    "t0": _mean_delta(common_t0, boot, ours, theirs, method=variant, baseline=reference)
+                    if common_t0 else None,
+                }
+            entries[variant] = deltas
+        out[method] = entries
+    return out
 
 
 def _group_means(stats: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -494,6 +574,11 @@ def _label(method: str, entry: Mapping[str, Any] | None = None) -> str:
     return label if mode in (None, "full") else f"{label} ({mode})"
 
 
+def _capitalized(text: str) -> str:
+    """``text`` with its first letter upper-case, the rest as it is ("Arrow" stays)."""
+    return text[:1].upper() + text[1:]
+
+
 def _column(task: str) -> str:
     return TASKS[task].column if task in TASKS else task
 
@@ -557,6 +642,7 @@ def markdown_table(summary: Mapping[str, Any]) -> str:
     """
     lines = ["# T0 proxy experiment: every method, one protocol", ""]
     lines += _headline(summary)
+    lines += _routing_table(summary)
     for variant in summary["variants"]:
         lines += _variant_table(summary, variant)
     lines += _runs_table(summary)
@@ -616,6 +702,47 @@ def _headline(summary: Mapping[str, Any]) -> list[str]:
     return lines + [""]
 
 
+def _routing_table(summary: Mapping[str, Any]) -> list[str]:
+    """Zero-shot routing of a new task: per method, uniform / Arrow / Arrow task row / few-shot, with Δs."""
+    routing = summary.get("routing") or {}
+    if not routing:
+        return []
+    runs, groups = summary["runs"], _groups(summary)
+    top_k = sorted({str((entry.get("config") or {}).get("zero_shot_routing", {}).get("top_k", "?")).replace(
+        "None", "all") for variant in ROUTING_VARIANTS for entry in runs.get(variant, {}).values()})
+    names = {"zeroshot": "uniform averaging (zero-shot)", "zeroshot_arrow": "Arrow",
+             "zeroshot_arrow_task": "Arrow task row", "fewshot": "few-shot training"}
+    lines = [
+        "## Zero-shot routing of a new task",
+        "",
+        "Each held-out task routed over the pre-trained skills without a gradient step: **uniform averaging** "
+        "(a fresh routing row, the skills averaged: the zero-shot variant), **Arrow** (every token routed by "
+        "|<x, v_e>| against each skill's top singular direction, softmax over the top k; one result per task) "
+        "and the **Arrow task row** (one routing row per seed from the Arrow weights of its few-shot inputs, "
+        "labels unused), against **few-shot training** of the same method. Mean over tasks of the median "
+        f"over seeds (%); Δ in percentage points vs the same method's uniform averaging and few-shot training "
+        f"over the tasks both ran, with a paired bootstrap 95 % interval (the draws of the Δ vs "
+        f"{METHOD_LABELS.get(summary['baseline'], summary['baseline'])}). Arrow's k: {', '.join(top_k)}.",
+        "",
+        "| method | routing | " + " | ".join(header for _, header, _ in groups)
+        + " | " + " | ".join(f"Δ vs uniform{suffix} [95 % CI]" for _, _, suffix in groups)
+        + " | " + " | ".join(f"Δ vs few-shot{suffix} [95 % CI]" for _, _, suffix in groups) + " |",
+        "|---" * (2 + 3 * len(groups)) + "|",
+    ]
+    for method, entries in routing.items():
+        for variant, deltas in entries.items():
+            entry = runs[variant][method]
+            cells = []
+            for key, _, _ in groups:
+                stats = _group_stats(entry, key)
+                cells.append(_pct(stats["mean"]) if stats else "–")
+            for reference in ("zeroshot", "fewshot"):
+                delta = deltas[f"vs_{reference}"]
+                cells += ["–" if delta is None else _delta_cell(_group_delta(delta, key)) for key, _, _ in groups]
+            lines.append(f"| {_label(method)} | {names[variant]} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
 def _variant_table(summary: Mapping[str, Any], variant: str) -> list[str]:
     """One variant: per method the median of every task, the mean(s) over tasks and the Δ(s)."""
     baseline = summary["baseline"]
@@ -624,7 +751,7 @@ def _variant_table(summary: Mapping[str, Any], variant: str) -> list[str]:
     columns = [t for t in summary["tasks"] if any(t in e["tasks"] for e in entries.values())]
     cluster = set(summary.get("cluster_tasks", []))
     lines = [
-        f"## {VARIANTS.get(variant, variant).capitalize()}",
+        f"## {_capitalized(VARIANTS.get(variant, variant))}",
         "",
         f"Median accuracy (%) over {_seed_counts(summary, variant)} per task.",
         "",
@@ -651,7 +778,9 @@ def _variant_table(summary: Mapping[str, Any], variant: str) -> list[str]:
     means = [_mean_known(c for t, c in zip(columns, chance) if _in_group(t, key)) for key, _, _ in groups]
     lines.append("| chance | " + " | ".join(_pct(c) for c in chance + means) + " |" + " |" * len(groups))
     if baseline not in entries:
-        lines += ["", f"No {base_label} run in this variant: no Δ."]
+        lines += ["", f"No {base_label} run in this variant: no Δ."
+                  + (" Its Δs vs the same method's uniform averaging and few-shot training are in "
+                     "'Zero-shot routing of a new task'." if variant in ROUTING_VARIANTS else "")]
     if partial:
         lines += ["", "† mean over fewer tasks than the table's columns (a Δ uses only the tasks both methods ran)."]
     return lines + [""]
