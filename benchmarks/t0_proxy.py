@@ -61,6 +61,8 @@ def _command(method: str, variant_args: list[str], out: Path, args: argparse.Nam
         "--tasks", *args.tasks, *(["--hold-out", *args.hold_out] if args.hold_out else []),
         "--seeds", *map(str, seeds), "--output-dir", str(out), "--quiet",
         "--threads", str(args.threads), "--overwrite", *variant_args,
+        *(["--lr", str(args.lr)] if args.lr is not None else []),
+        *(["--lr-routing", str(args.lr_routing)] if args.lr_routing is not None else []),
     ]
 
 
@@ -108,6 +110,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--jobs", type=int, default=2,
                         help="runs at a time (default 2: on 2 cores two one-thread runs beat one two-thread run)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of each run")
+    parser.add_argument("--lr", type=float, default=None, help="few-shot learning rate of the modules (default: the preset's)")
+    parser.add_argument("--lr-routing", type=float, default=None,
+                        help="few-shot learning rate of the routing parameters (default: the preset's)")
     args = parser.parse_args(argv)
     if args.baseline_seeds < 1:
         parser.error(f"--baseline-seeds {args.baseline_seeds} must be at least 1")

@@ -55,6 +55,9 @@ def base_parser(description: str) -> argparse.ArgumentParser:
                              f"e.g. {' '.join(TOPIC_CLUSTER)}; known: {', '.join(TRAINING)}")
     parser.add_argument("--seeds", nargs="+", type=int, default=list(FEWSHOT_SEEDS), help="few-shot subset seeds")
     parser.add_argument("--steps", type=int, default=None, help="override the preset's few-shot steps")
+    parser.add_argument("--lr", type=float, default=None, help="override the preset's few-shot learning rate of the modules")
+    parser.add_argument("--lr-routing", type=float, default=None,
+                        help="override the preset's few-shot learning rate of the routing parameters")
     parser.add_argument("--eval-max-rows", type=int, default=None, help="cap evaluation rows per task")
     parser.add_argument("--output-dir", "--out", dest="output_dir", default="t0_results",
                         help="output folder of the report (and of the checkpoints)")
@@ -67,8 +70,13 @@ def base_parser(description: str) -> argparse.ArgumentParser:
 def preset_from_args(args: argparse.Namespace) -> Preset:
     """The preset with the command line's overrides applied."""
     preset = get_preset(args.preset)
-    if args.steps is not None:
-        preset = dataclasses.replace(preset, fewshot=dataclasses.replace(preset.fewshot, steps=args.steps))
+    overrides = {name: value for name, value in
+                 (("steps", args.steps), ("lr", args.lr), ("lr_routing", args.lr_routing)) if value is not None}
+    for name, value in overrides.items():
+        if value <= 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be positive, got {value}")
+    if overrides:
+        preset = dataclasses.replace(preset, fewshot=dataclasses.replace(preset.fewshot, **overrides))
     if args.threads is not None:
         preset = dataclasses.replace(preset, cpu_threads=args.threads)
     return preset

@@ -53,3 +53,21 @@ def test_local_model_path_loads(tmp_path):
     loaded, _ = load_model("paper", tmp_path / "ckpt")
     for p, q in zip(model.parameters(), loaded.parameters()):
         assert torch.equal(p, q)
+
+
+def test_command_line_overrides_the_few_shot_rates():
+    from t0_recipes.cli import base_parser, preset_from_args
+
+    args = base_parser("x").parse_args(["--preset", "minilm", "--lr", "0.01", "--lr-routing", "0.5", "--steps", "7"])
+    fewshot = preset_from_args(args).fewshot
+    assert (fewshot.lr, fewshot.lr_routing, fewshot.steps) == (0.01, 0.5, 7)
+    untouched = preset_from_args(base_parser("x").parse_args(["--preset", "minilm"])).fewshot
+    assert untouched == get_preset("minilm").fewshot
+
+
+@pytest.mark.parametrize("flag", ["--lr", "--lr-routing", "--steps"])
+def test_a_rate_or_step_count_that_is_not_positive_is_refused(flag):
+    from t0_recipes.cli import base_parser, preset_from_args
+
+    with pytest.raises(ValueError, match=flag):
+        preset_from_args(base_parser("x").parse_args(["--preset", "minilm", flag, "0"]))

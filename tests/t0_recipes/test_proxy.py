@@ -59,3 +59,16 @@ def test_every_run_holds_out_the_topic_cluster(monkeypatch):
 def test_hold_out_alone_turns_the_cluster_off(monkeypatch):
     for command in _commands(monkeypatch, ["--methods", "lora", "--hold-out"]):
         assert "--hold-out" not in command
+
+
+def test_learning_rates_reach_every_run_and_parse_in_the_recipe(monkeypatch):
+    from t0_recipes.cli import base_parser
+
+    commands = _commands(monkeypatch, ["--methods", "tensorpoly_ii", "--lr", "0.01", "--lr-routing", "0.3"])
+    assert len(commands) == 2
+    for command in commands:
+        assert _option(command, "--lr") == ["0.01"] and _option(command, "--lr-routing") == ["0.3"]
+        recipe_args = command[command.index("--preset"):]
+        parsed, _ = base_parser("x").parse_known_args(recipe_args)
+        assert (parsed.lr, parsed.lr_routing) == (0.01, 0.3)
+    assert all("--lr" not in command for command in _commands(monkeypatch, ["--methods", "lora"]))
