@@ -6,6 +6,7 @@ Import (`from_lora_library`), ``L`` LoRAs for one base, task ``i`` = LoRA ``i``:
 | method | what each task is | exact |
 |---|---|---|
 | ``poly`` | skill ``i`` of a Poly inventory of ``S = L`` skills, routing row ``i`` one-hot | yes |
+| ``poly``, ``n_skills=S < L`` | a routing row over ``S`` skills shared by every task, fitted (`tensoradapt.shared_skills`) | no: a fit |
 | ``mhr`` | the same, routed one-hot in every one of ``n_heads`` heads | yes |
 | ``lora`` | one LoRA, no routing (``L = 1``) | yes |
 | ``tensorpoly_i`` | TensorPoly-I over ``L * R`` simple tensors; task ``i`` owns ranks ``i R .. i R + R - 1``: its LoRA's columns fitted as entangled tensors of rank ``R``, order ``N`` | no: a fit |
@@ -70,6 +71,7 @@ from tensoradapt.export import export_peft_lora, task_lora_matrices
 from tensoradapt.layers import AdaptedLinear, linear_dims
 from tensoradapt.model import _CONFIG_ATTR, _inject, adapted_layers, adapter_config
 from tensoradapt.peft_lora import LoraLibraryError, PeftLora, read_peft_lora
+from tensoradapt.shared_skills import fit_shared_skills
 
 __all__ = [
     "COMPRESSED_METHODS",
@@ -321,6 +323,18 @@ def _fill_leaves(
         bank.up.leaves.copy_(up_leaves / bank.up.leaf_scale)
 
 
+@torch.no_grad()
+def _fill_shared(layers: dict[str, AdaptedLinear], loras: list[PeftLora], rank: int, n_skills: int, steps: int) -> None:
+    """Every layer's ``n_skills`` shared Poly skills and routing rows, fitted to all the LoRAs at once."""
+    for name, layer in layers.items():
+        pairs = [None if (module := lora.modules.get(name)) is None
+                 else (module.down.double(), module.up.double() * module.scaling) for lora in loras]
+        fitted = fit_shared_skills(pairs, n_skills, d_in=layer.d_in, d_out=layer.d_out, rank=rank, steps=steps)
+        layer.bank.down.copy_(fitted.down)
+        layer.bank.up.copy_(fitted.up)
+        layer.combiner.logits.copy_(fitted.weights)
+
+
 # ------------------------------------------------------------------------------------ measuring
 
 
@@ -372,6 +386,8 @@ def from_lora_library(
     tensor_rank: int | None = None,
     order: int = 2,
     n_heads: int = 1,
+    n_skills: int | None = None,
+    fit_steps: int = 200,
     check_base: bool = True,
     n_iter_max: int = 500,
     seed: int = 0,
@@ -394,6 +410,11 @@ def from_lora_library(
             the exact methods; ``tensorpoly_ii`` takes only ``None`` or 1.
         order: tensor order ``N`` of the compressed methods.
         n_heads: ``mhr``'s heads (must divide every adapted dim).
+        n_skills: ``poly`` only: ``S`` skills shared by all tasks, fewer than the ``L`` LoRAs
+            (``None`` or ``L``: one skill per LoRA, exact). Each layer's skills and routing rows
+            are fitted to every LoRA at once (`tensoradapt.shared_skills.fit_shared_skills`), and
+            the error is reported as for the other fits.
+        fit_steps: L-BFGS iterations of that fit per layer (0: its truncated-SVD start alone).
         check_base: refuse LoRAs whose ``base_model_name_or_path`` differ from each other or from
             the model's (compared by last path component, case-insensitive).
         n_iter_max: CP-ALS iterations of the fit at ``order >= 3`` (tensorly).
@@ -439,6 +460,17 @@ def from_lora_library(
         rank_per_lora = 1
     else:
         rank_per_lora = 1
+    if n_skills is not None:
+        if method != "poly":
+            raise ValueError(f"n_skills={n_skills!r} shares skills across LoRAs for method='poly' only, got "
+                             f"method={method!r}; pass n_skills=None, or method='poly'")
+        check_positive("n_skills", n_skills)
+        if n_skills > n_loras:
+            raise ValueError(f"n_skills={n_skills} is more skills than the {n_loras} LoRAs; at n_skills={n_loras} "
+                             "(or None) each LoRA is its own skill, exactly")
+    if isinstance(fit_steps, bool) or not isinstance(fit_steps, int) or fit_steps < 0:
+        raise ValueError(f"fit_steps must be an integer >= 0 (L-BFGS iterations per layer), got {fit_steps!r}")
+    shared = n_skills is not None and n_skills < n_loras
     if check_base:
         _check_bases(base_model, loras)
     dims = _check_modules(base_model, loras)
@@ -448,7 +480,7 @@ def from_lora_library(
         method=method,
         target_modules=pattern,
         n_tasks=1 if method in ("lora", "tlora") else n_loras,
-        n_skills=n_loras,
+        n_skills=n_skills if shared else n_loras,
         n_heads=n_heads,
         lora_rank=rank,
         lora_alpha=float(rank),  # scaling 1: each LoRA's own scaling is folded into its B
@@ -460,6 +492,9 @@ def from_lora_library(
     ordered = list(loras.values())
 
     def prepare(layers: dict[str, AdaptedLinear]) -> None:
+        if shared:
+            _fill_shared(layers, ordered, rank, n_skills, fit_steps)
+            return
         if method in EXACT_METHODS:
             _fill_dense(layers, ordered, rank)
         else:
@@ -476,7 +511,7 @@ def from_lora_library(
         model=model,
         names=list(loras),
         method=method,
-        exact=method in EXACT_METHODS,
+        exact=method in EXACT_METHODS and not shared,
         ranks={name: lora.max_rank for name, lora in loras.items()},
         layer_errors=layer_errors,
         task_errors=task_errors,
