@@ -38,6 +38,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/step_time.py --json benchmarks/results/step_time.json
 	$(PY) benchmarks/inference.py --json benchmarks/results/inference.json
 	$(PY) benchmarks/scaling.py --json benchmarks/results/scaling.json
+	$(PY) benchmarks/serving.py --json benchmarks/results/serving.json
 
 # The real-model proxy of the T0 protocol: all seven methods, pre-trained, zero-shot, 32-shot with
 # 5 seeds and without pre-training (3 seeds), on all-MiniLM-L6-v2, on the nine T0 tasks and T0's topic
