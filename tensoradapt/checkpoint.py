@@ -174,7 +174,9 @@ def save_pretrained(
     layers = adapted_layers(model)
     state = {**_parameters(layers), **_router_buffers(layers)}
     tensors = {key: value.contiguous().cpu() for key, value in state.items()}
-    metadata = {"format": "pt", "tensoradapt_method": config.method}
+    # One metadata key: safetensors orders several in a random (per-map) order, so equal weights
+    # would give files, and recorded sha256s, that differ from one save to the next.
+    metadata = {"format": "pt"}
     hashes: dict[str, str] = {}
 
     def write_weights(temporary: str) -> None:

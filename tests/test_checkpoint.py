@@ -64,6 +64,19 @@ def test_saved_config_is_the_models_config(tmp_path, method):
     assert json.loads((tmp_path / CONFIG_NAME).read_text())["method"] == method
 
 
+def test_equal_adapters_save_to_equal_bytes(tmp_path):
+    """Same seed, same run: the weights file (and the sha256 the config records) is the same every save.
+    With two metadata keys safetensors wrote them in a random order: 12 saves agreeing by chance has
+    probability 2 / 2**12."""
+    model = adapted("poly")
+    digests = set()
+    for attempt in range(12):
+        save_adapter(model, tmp_path / str(attempt))
+        digests.add(json.loads((tmp_path / str(attempt) / CONFIG_NAME).read_text())["sha256"][WEIGHTS_NAME])
+        assert (tmp_path / str(attempt) / WEIGHTS_NAME).read_bytes() == (tmp_path / "0" / WEIGHTS_NAME).read_bytes()
+    assert len(digests) == 1
+
+
 def test_loading_into_a_model_built_from_the_saved_config(tmp_path):
     model = adapted("mhr", "t5")
     save_adapter(model, tmp_path)
