@@ -59,7 +59,7 @@ from common import (  # noqa: E402
     t5_base,
     write_outputs,
 )
-from step_time import Settings, build_variant, make_batch, make_step, task_kwargs  # noqa: E402
+from step_time import Settings, build_variant, make_batch, make_step, settings_from_args, task_kwargs  # noqa: E402
 
 #: Axis -> (the Settings field it sets, the methods it applies to, default values, --quick values).
 AXES: dict[str, tuple[str, tuple[str, ...], tuple[int, ...], tuple[int, ...]]] = {
@@ -367,9 +367,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_arguments(argv)
     apply_threads(args.threads)
     device, dtype = resolve_device(args.device), DTYPES[args.dtype]
-    settings = Settings(model_size=args.model_size, batch_size=args.batch_size, source_length=args.source_length,
-                        target_length=args.target_length, lora_rank=args.lora_rank, tensor_rank=args.tensor_rank,
-                        order=args.order, n_skills=args.n_skills, n_heads=args.n_heads, n_tasks=args.n_tasks)
+    settings = settings_from_args(args, model_size=args.model_size,
+                                  batch_shape=(args.batch_size, args.source_length, args.target_length))
     curves = measure(settings, axes=args.axes, device=device, dtype=dtype, repeats=args.repeats, seed=args.seed,
                      min_share=args.min_share, quick=args.quick)
     payload = {

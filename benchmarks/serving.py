@@ -65,7 +65,7 @@ from common import (  # noqa: E402
     t5_base,
     write_outputs,
 )
-from step_time import Settings, adapter_config  # noqa: E402
+from step_time import Settings, adapter_config, settings_from_args  # noqa: E402
 
 #: Methods whose every task is a plain LoRA (exported exactly) and that route by task.
 ROUTED = ("poly", "mhr", "tensorpoly_i", "tensorpoly_ii")
@@ -398,9 +398,8 @@ def main(argv: list[str] | None = None) -> dict:
         args.n_tasks, args.requests = min(args.n_tasks, 6), min(args.requests, 4)
         args.source_length, args.new_tokens = 8, 4
         args.n_heads = min(args.n_heads, 8)
-    settings = Settings(model_size=args.model_size, batch_size=args.requests, source_length=args.source_length,
-                        target_length=args.new_tokens, lora_rank=args.lora_rank, tensor_rank=args.tensor_rank,
-                        order=args.order, n_skills=args.n_skills, n_heads=args.n_heads, n_tasks=args.n_tasks)
+    settings = settings_from_args(args, model_size=args.model_size,
+                                  batch_shape=(args.requests, args.source_length, args.new_tokens))
     with tempfile.TemporaryDirectory(prefix="serving-") as scratch:
         results = measure(settings, methods=methods, n_requests=args.requests, new_tokens=args.new_tokens,
                           device=device, dtype_name=args.dtype, repeats=args.repeats, seed=args.seed,

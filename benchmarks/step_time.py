@@ -215,6 +215,25 @@ class Settings:
     trex_n_clusters: int = 32
 
 
+#: The ``Settings`` fields the benchmarks take from the command-line flag of the same name.
+ADAPTER_FLAGS = ("lora_rank", "tensor_rank", "order", "n_skills", "n_heads", "n_tasks")
+
+
+def settings_from_args(
+    args: argparse.Namespace,
+    *,
+    model_size: str,
+    batch_shape: tuple[int, int, int],
+    routing_noise: str = Settings.routing_noise,
+) -> Settings:
+    """``Settings`` of T5 shape ``model_size`` and ``batch_shape`` (examples, source tokens, target tokens),
+    with the adapter hyper-parameters of ``args``' flags (``ADAPTER_FLAGS``)."""
+    batch_size, source_length, target_length = batch_shape
+    adapter = {name: getattr(args, name) for name in ADAPTER_FLAGS}
+    return Settings(model_size=model_size, batch_size=batch_size, source_length=source_length,
+                    target_length=target_length, routing_noise=routing_noise, **adapter)
+
+
 def adapter_config(method: str, settings: Settings) -> tensoradapt.AdapterConfig:
     """Our ``AdapterConfig`` of ``method`` with ``settings``' hyper-parameters."""
     return tensoradapt.AdapterConfig(
@@ -667,21 +686,8 @@ def main(argv: list[str] | None = None) -> dict:
     runs = []
     for size in sizes:
         t0_shape = is_t0_shape(size)
-        batch_size, source_length, target_length = (
-            args.headline_batch if t0_shape else (args.batch_size, args.source_length, args.target_length))
-        settings = Settings(
-            model_size=size,
-            batch_size=batch_size,
-            source_length=source_length,
-            target_length=target_length,
-            lora_rank=args.lora_rank,
-            tensor_rank=args.tensor_rank,
-            order=args.order,
-            n_skills=args.n_skills,
-            n_heads=args.n_heads,
-            n_tasks=args.n_tasks,
-            routing_noise=args.routing_noise,
-        )
+        batch_shape = args.headline_batch if t0_shape else (args.batch_size, args.source_length, args.target_length)
+        settings = settings_from_args(args, model_size=size, batch_shape=batch_shape, routing_noise=args.routing_noise)
         size_variants = tuple(v for v in variants if v in headline_variants) if t0_shape else variants
         repeats = args.headline_repeats if t0_shape else args.repeats
         results = measure(

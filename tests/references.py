@@ -1,8 +1,10 @@
-"""Plain dense references shared by the test files, and the seeded parameter filler they build with.
+"""Plain dense references shared by the test files, the seeded parameter filler they build with, and the
+routers' shared batch check.
 
-Every function here is written plainly -- Python loops, ``torch.kron``, ``exp / sum exp``, a
+Every reference here is written plainly -- Python loops, ``torch.kron``, ``exp / sum exp``, a
 LayerNorm spelled out -- and never calls tensoradapt's own algebra, routing or expert code, so a
 test that compares the library against one of them compares against an independent computation.
+The batch check (``assert_batch_rows_alone``) compares a router with itself, one task at a time.
 Helpers used by one file only stay in that file.
 
 Imported as ``from references import ...`` (``pythonpath = ["tests"]`` in pyproject.toml).
@@ -103,3 +105,15 @@ def factors(tensor) -> torch.Tensor:
     of the leaves under Adam); every dense reference is built from these, detached.
     """
     return tensor.leaves.detach() * tensor.leaf_scale
+
+
+def assert_batch_rows_alone(router, bank, ids: torch.Tensor, *, d_in: int, d_out: int, rank: int):
+    """``router.adapter_matrices(bank, ids)`` of a batch of task ids: ``(b, d_in, rank)`` and ``(b, rank, d_out)``
+    whose row ``i`` equals the task ``ids[i]``'s matrices alone; returns the batch's ``(down, up)``."""
+    down, up = router.adapter_matrices(bank, ids)
+    assert down.shape == (len(ids), d_in, rank) and up.shape == (len(ids), rank, d_out)
+    for row, t in enumerate(ids.tolist()):
+        alone_down, alone_up = router.adapter_matrices(bank, t)
+        torch.testing.assert_close(down[row], alone_down)
+        torch.testing.assert_close(up[row], alone_up)
+    return down, up

@@ -76,6 +76,20 @@ def lm_loss(model, batch, **routing):
     return model(**batch, labels=labels, **routing).loss
 
 
+def train_with_prior(model, batch: dict, prior: torch.Tensor, steps: int) -> list[float]:
+    """``steps`` AdamW steps (lr 2e-2) of the trainable parameters on ``batch`` with ``prior``; the losses.
+    The last step's gradients stay on the parameters."""
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-2)
+    losses = []
+    for _ in range(steps):
+        optimizer.zero_grad()
+        loss = lm_loss(model, batch, semantic_prior=prior)
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    return losses
+
+
 # --------------------------------------------------------------------------------------------
 # 7. Training with the semantic prior
 # --------------------------------------------------------------------------------------------
@@ -104,14 +118,7 @@ def test_tiny_model_trains_with_the_semantic_prior(model_name):
         torch.testing.assert_close(router.routing_weights(x), uniform)
         torch.testing.assert_close(router.routing_weights(x, prior).double(), plain_token_weights(router, x, prior))
 
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-2)
-    losses = []
-    for _ in range(8):
-        optimizer.zero_grad()
-        loss = lm_loss(model, batch, semantic_prior=prior)
-        loss.backward()
-        losses.append(float(loss.detach()))
-        optimizer.step()
+    losses = train_with_prior(model, batch, prior, steps=8)
     assert losses[-1] < losses[0] - 0.05, losses
     for name, router in routers.items():
         for parameter in (router.token_weight, router.gate_logit, router.prior_weight):
@@ -415,14 +422,7 @@ def test_real_minilm_prior_drives_a_tiny_model(tmp_path):
     torch.manual_seed(0)
     model = trex_model().train()
     batch = tiny_batch(model, batch=4)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-2)
-    losses = []
-    for _ in range(6):
-        optimizer.zero_grad()
-        loss = lm_loss(model, batch, semantic_prior=rows)
-        loss.backward()
-        optimizer.step()
-        losses.append(float(loss.detach()))
+    losses = train_with_prior(model, batch, rows, steps=6)
     assert losses[-1] < losses[0]
 
 

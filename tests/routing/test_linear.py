@@ -12,7 +12,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from references import factors, kron_rows, plain_weights, randomize
+from references import assert_batch_rows_alone, factors, kron_rows, plain_weights, randomize
 from tensoradapt.experts import LoRABank, TLoRABank
 from tensoradapt.routing import LinearRouter, RankRouter
 
@@ -65,12 +65,7 @@ def test_poly_mixed_batch_equals_each_task_alone(d_in, d_out, rank, n_skills, n_
     bank = randomize(LoRABank(d_in, d_out, rank, n_skills, dtype=torch.float64), seed)
     router = randomize(LinearRouter(n_tasks, n_skills, dtype=torch.float64), seed + 1).eval()
     ids = torch.tensor([(seed + 3 * i) % n_tasks for i in range(5)])
-    down, up = router.adapter_matrices(bank, ids)
-    assert down.shape == (5, d_in, rank) and up.shape == (5, rank, d_out)
-    for row, t in enumerate(ids.tolist()):
-        alone_down, alone_up = router.adapter_matrices(bank, t)
-        torch.testing.assert_close(down[row], alone_down)
-        torch.testing.assert_close(up[row], alone_up)
+    assert_batch_rows_alone(router, bank, ids, d_in=d_in, d_out=d_out, rank=rank)
 
 
 @given(d_in=dims, d_out=dims, rank=ranks, n_tasks=tasks, seed=seeds, training=st.booleans())
@@ -157,12 +152,7 @@ def test_tensorpoly_i_mixed_batch_equals_each_task_alone(d_in, d_out, rank, tens
     randomize(bank, seed)
     router = randomize(RankRouter(n_tasks, tensor_rank, dtype=torch.float64), seed + 1).eval()
     ids = torch.tensor([(seed + 2 * i) % n_tasks for i in range(4)])
-    down, up = router.adapter_matrices(bank, ids)
-    assert down.shape == (4, d_in, rank) and up.shape == (4, rank, d_out)
-    for row, t in enumerate(ids.tolist()):
-        alone_down, alone_up = router.adapter_matrices(bank, t)
-        torch.testing.assert_close(down[row], alone_down)
-        torch.testing.assert_close(up[row], alone_up)
+    assert_batch_rows_alone(router, bank, ids, d_in=d_in, d_out=d_out, rank=rank)
 
 
 @given(d_in=dims, d_out=dims, rank=ranks, order=orders, n_tasks=tasks, seed=seeds, normalize=st.booleans())

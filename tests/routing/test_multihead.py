@@ -12,7 +12,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from references import plain_weights, randomize
+from references import assert_batch_rows_alone, plain_weights, randomize
 from tensoradapt.experts import LoRABank
 from tensoradapt.routing import LinearRouter, MultiHeadRouter
 from tensoradapt.routing.multihead import check_heads_divide
@@ -62,12 +62,7 @@ def test_mixed_batch_equals_each_task_alone(n_heads, block_in, block_out, rank, 
     router = MultiHeadRouter(n_tasks, n_heads, n_skills, d_in=d_in, d_out=d_out, dtype=torch.float64)
     randomize(router, seed + 1).eval()
     ids = torch.tensor([(seed + i) % n_tasks for i in range(5)])
-    down, up = router.adapter_matrices(bank, ids)
-    assert down.shape == (5, d_in, rank) and up.shape == (5, rank, d_out)
-    for row, t in enumerate(ids.tolist()):
-        alone_down, alone_up = router.adapter_matrices(bank, t)
-        torch.testing.assert_close(down[row], alone_down)
-        torch.testing.assert_close(up[row], alone_up)
+    down, _ = assert_batch_rows_alone(router, bank, ids, d_in=d_in, d_out=d_out, rank=rank)
     single_down, _ = router.adapter_matrices(bank, torch.tensor(ids[0].item()))
     torch.testing.assert_close(single_down, down[0])
 

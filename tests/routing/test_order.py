@@ -13,7 +13,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from references import factors, kron_rows, plain_weights, randomize
+from references import assert_batch_rows_alone, factors, kron_rows, plain_weights, randomize
 from tensoradapt.experts import LoRABank, TLoRABank
 from tensoradapt.routing import LinearRouter, OrderRouter, RankRouter
 
@@ -80,12 +80,7 @@ def test_each_order_mixes_its_leaves_then_the_product(d_in, d_out, rank, tensor_
 def test_mixed_batch_equals_each_task_alone(d_in, d_out, rank, tensor_rank, order, n_tasks, seed, normalize):
     bank, router = build(d_in, d_out, rank, tensor_rank, order, n_tasks, seed, normalize)
     ids = torch.tensor([(seed + 3 * i) % n_tasks for i in range(4)])
-    down, up = router.adapter_matrices(bank, ids)
-    assert down.shape == (4, d_in, rank) and up.shape == (4, rank, d_out)
-    for row, t in enumerate(ids.tolist()):
-        alone_down, alone_up = router.adapter_matrices(bank, t)
-        torch.testing.assert_close(down[row], alone_down)
-        torch.testing.assert_close(up[row], alone_up)
+    assert_batch_rows_alone(router, bank, ids, d_in=d_in, d_out=d_out, rank=rank)
 
 
 @given(d_in=dims, d_out=dims, rank=ranks, tensor_rank=tensor_ranks, n_tasks=tasks, seed=seeds)

@@ -1,9 +1,13 @@
-"""Fixtures of the T0 recipe tests: a tiny random T5, the ByT5 tokenizer, the real-rows folder."""
+"""Fixtures of the T0 recipe tests: a tiny random T5, the ByT5 tokenizer, the real-rows folder, made-up rows
+and the writers of a made-up data folder."""
 
 from __future__ import annotations
 
+import json
 import os
+import random
 import sys
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import pytest
@@ -14,6 +18,8 @@ if str(REPO) not in sys.path:  # t0_recipes/ sits at the repository root, outsid
     sys.path.insert(0, str(REPO))
 
 from transformers import ByT5Tokenizer, T5Config, T5ForConditionalGeneration  # noqa: E402
+
+from t0_recipes.data.tasks import TASKS  # noqa: E402
 
 
 def shared_data_dir() -> Path | None:
@@ -143,3 +149,38 @@ def _training_row(task: str, rng, label: int, s) -> dict:
 @pytest.fixture()
 def make_row():
     return synthetic_row
+
+
+# ----------------------------------------------------------------------------- made-up data folders
+
+
+def write_jsonl(path: Path, rows: Iterable[dict]) -> None:
+    """``rows`` as a JSON-lines file at ``path``, its parent folders made."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+
+def write_fewshot_tasks(root: Path, names: Iterable[str], seeds: Iterable[int], rng: random.Random) -> Path:
+    """Per task of ``names``, in the local layout under ``root``: 8 made-up rows in its few-shot file of each
+    seed, then, for a held-out task, 5 in its validation file (``rng`` drawn in that order); returns ``root``."""
+    for name in names:
+        task = TASKS[name]
+        for seed in seeds:
+            write_jsonl(root / "t0_fewshot" / task.local_dir / f"{task.k}_shot" / f"{seed}_seed.jsonl",
+                        [synthetic_row(name, rng, i % task.n_choices) for i in range(8)])
+        if task.held_out:
+            write_jsonl(root / "t0_validation" / task.local_dir / "validation.jsonl",
+                        [synthetic_row(name, rng, i % task.n_choices) for i in range(5)])
+    return root
+
+
+@pytest.fixture(name="write_jsonl")
+def write_jsonl_fixture() -> Callable[[Path, Iterable[dict]], None]:
+    """``write_jsonl``, for a test module."""
+    return write_jsonl
+
+
+@pytest.fixture(name="write_fewshot_tasks")
+def write_fewshot_tasks_fixture() -> Callable[[Path, Iterable[str], Iterable[int], random.Random], Path]:
+    """``write_fewshot_tasks``, for a test module."""
+    return write_fewshot_tasks

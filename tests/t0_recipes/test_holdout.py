@@ -29,28 +29,16 @@ N_TRAIN = 90  # rows per t0_train file: a shot pool of 45 (half), 45 evaluation 
 FAST = ["--preset", "tiny", "--steps", "2", "--pretrain-steps", "3", "--eval-max-rows", "3", "--quiet"]
 
 
-def _write(path, rows) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
-
-
 @pytest.fixture()
-def data_dir(tmp_path, make_row):
+def data_dir(tmp_path, make_row, write_jsonl, write_fewshot_tasks):
     """rte and cb (few-shot and validation files); ag_news, trec, imdb and mrpc in t0_train (trec: a row twice)."""
     rng = random.Random(0)
-    root = tmp_path / "data"
-    for name in ("rte", "cb"):
-        task = TASKS[name]
-        for seed in SEEDS:
-            _write(root / "t0_fewshot" / task.local_dir / f"{task.k}_shot" / f"{seed}_seed.jsonl",
-                   [make_row(name, rng, i % task.n_choices) for i in range(8)])
-        _write(root / "t0_validation" / task.local_dir / "validation.jsonl",
-               [make_row(name, rng, i % task.n_choices) for i in range(5)])
+    root = write_fewshot_tasks(tmp_path / "data", ("rte", "cb"), SEEDS, rng)
     for name in ("imdb", "ag_news", "trec", "mrpc"):
         rows = [make_row(name, rng, i % TASKS[name].n_choices) for i in range(N_TRAIN)]
         if name == "trec":
             rows[-1] = dict(rows[0])  # a repeated row must not land in both pools
-        _write(root / "t0_train" / name / "train.jsonl", rows)
+        write_jsonl(root / "t0_train" / name / "train.jsonl", rows)
     return root
 
 

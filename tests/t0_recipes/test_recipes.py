@@ -29,25 +29,10 @@ SEEDS = (42, 0)
 FAST = ["--preset", "tiny", "--steps", "2", "--pretrain-steps", "3", "--eval-max-rows", "3", "--quiet"]
 
 
-def _write(path, rows) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
-
-
 @pytest.fixture()
-def data_dir(tmp_path, make_row):
+def data_dir(tmp_path, write_fewshot_tasks):
     """A data folder in the local layout: two held-out tasks (few-shot + validation), two mixture tasks."""
-    rng = random.Random(0)
-    root = tmp_path / "data"
-    for name in HELD + MIXTURE:
-        task = TASKS[name]
-        for seed in SEEDS:
-            rows = [make_row(name, rng, i % task.n_choices) for i in range(8)]
-            _write(root / "t0_fewshot" / task.local_dir / f"{task.k}_shot" / f"{seed}_seed.jsonl", rows)
-        if task.held_out:
-            rows = [make_row(name, rng, i % task.n_choices) for i in range(5)]
-            _write(root / "t0_validation" / task.local_dir / "validation.jsonl", rows)
-    return root
+    return write_fewshot_tasks(tmp_path / "data", HELD + MIXTURE, SEEDS, random.Random(0))
 
 
 def _check_outputs(out, stem: str, tasks, seeds) -> dict:

@@ -13,7 +13,6 @@ import torch
 
 import tensoradapt
 from t0_recipes.data.rows import TaskIndex, render_examples
-from t0_recipes.data.tasks import TASKS
 from t0_recipes.methods import adapter_config_for
 from t0_recipes.pipeline import main
 from t0_recipes.presets import load_model
@@ -37,25 +36,10 @@ HELD, MIXTURE, SEEDS = ("rte", "cb"), ("boolq", "sst2"), (42, 0)
 FAST = ["--preset", "tiny", "--steps", "2", "--pretrain-steps", "3", "--eval-max-rows", "3", "--quiet"]
 
 
-def _write(path: Path, rows) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
-
-
 @pytest.fixture()
-def data_dir(tmp_path, make_row):
+def data_dir(tmp_path, write_fewshot_tasks):
     """Two held-out tasks (few-shot + validation rows) and two mixture tasks, in the local layout."""
-    rng = random.Random(0)
-    root = tmp_path / "data"
-    for name in HELD + MIXTURE:
-        task = TASKS[name]
-        for seed in SEEDS:
-            rows = [make_row(name, rng, i % task.n_choices) for i in range(8)]
-            _write(root / "t0_fewshot" / task.local_dir / f"{task.k}_shot" / f"{seed}_seed.jsonl", rows)
-        if task.held_out:
-            _write(root / "t0_validation" / task.local_dir / "validation.jsonl",
-                   [make_row(name, rng, i % task.n_choices) for i in range(5)])
-    return root
+    return write_fewshot_tasks(tmp_path / "data", HELD + MIXTURE, SEEDS, random.Random(0))
 
 
 def _script():
