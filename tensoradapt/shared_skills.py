@@ -92,7 +92,8 @@ def fit_shared_skills(
         pairs: per task ``(A_t (d_in, r_t), B_t (r_t, d_out))`` with the scaling folded into
             ``B_t``, or ``None`` where that LoRA leaves the layer alone (a zero update).
         n_skills: ``S``, at least 1.
-        d_in, d_out: the layer's dims.
+        d_in: the layer's input dim.
+        d_out: the layer's output dim.
         rank: ``r``, the skills' LoRA rank (at least every ``r_t``).
         steps: L-BFGS iterations of the refinement (0: the SVD start alone).
 

@@ -3,6 +3,8 @@
 import json
 import math
 
+import pytest
+
 HEADLINE = ("tlora/lora", "tensorpoly_i/lora", "tensorpoly_ii/lora", "poly/peft_poly", "mhr/peft_mhr", "trex/lora")
 
 
@@ -23,3 +25,20 @@ def test_quick_run_writes_headline_ratios(load_benchmark, tmp_path):
     assert set(written["targets_met"]) <= set(written["targets"])
     assert path.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "trex/lora" in path.with_suffix(".md").read_text()
+
+
+@pytest.mark.slow
+def test_quick_compiled_run_times_every_variant_without_cpu_memory(load_benchmark, tmp_path):
+    """``--compile`` on a CPU: several models share T5's forward code (more compiles than dynamo's default
+    recompile limit of 8) and the CPU memory tracker's dispatch mode would stop a full graph."""
+    path = tmp_path / "step_time_compiled.json"
+    variants = "lora,tlora,tensorpoly_i,tensorpoly_ii,poly"
+    load_benchmark("step_time").main(["--quick", "--compile", "--model-size", "micro", "--variants", variants,
+                                      "--json", str(path)])
+    written = json.loads(path.read_text())
+    assert written["settings"]["compile"] is True
+    for batch_kind in ("mixed", "single"):
+        assert set(written["median_s"][batch_kind]) == set(variants.split(","))
+        assert set(written["peak_memory_bytes"][batch_kind].values()) == {None}
+    assert all(math.isfinite(value) and value > 0 for value in written["ratios"].values())
+    assert "not measured" in path.with_suffix(".md").read_text()
