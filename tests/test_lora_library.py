@@ -71,6 +71,15 @@ def logits(model, batch, **routing):
         return model(**batch, **routing).logits
 
 
+def assert_tasks_equal_their_loras(model, paths: dict[str, Path], atol: float) -> None:
+    """Task ``i`` of the imported ``model`` gives PEFT's output with LoRA ``i``, on a tiny batch, float64."""
+    model = model.eval()
+    batch = tiny_batch(model, batch=2)
+    for task, path in enumerate(paths.values()):
+        torch.testing.assert_close(logits(model, batch, task_ids=task), logits(peft_reference("llama", path), batch),
+                                   rtol=0, atol=atol)
+
+
 #: Three LoRAs that differ in every way a library may: rank, alpha, rsLoRA, modules, rank/alpha patterns.
 LIBRARY_SPECS = {
     "llama": [
@@ -332,11 +341,7 @@ def test_tensorpoly_i_is_exact_once_the_tensor_rank_reaches_the_leaf_size(librar
     q = max(ta.leaf_size(d, 2) for d in (16, 32))  # the tiny LLaMA's dims
     imported = from_lora_library(tiny_model("llama").double(), paths, "tensorpoly_i", tensor_rank=q)
     assert imported.max_layer_error < 1e-12
-    model = imported.model.eval()
-    batch = tiny_batch(model, batch=2)
-    for task, path in enumerate(paths.values()):
-        torch.testing.assert_close(logits(model, batch, task_ids=task), logits(peft_reference("llama", path), batch),
-                                   rtol=0, atol=1e-10)
+    assert_tasks_equal_their_loras(imported.model, paths, atol=1e-10)
     errors = [from_lora_library(tiny_model("llama").double(), paths, "tensorpoly_i", tensor_rank=rank).max_layer_error
               for rank in (1, 2, 4)]
     assert errors[0] >= errors[1] - 1e-12 >= errors[2] - 2e-12 and errors[0] > 1e-3
@@ -375,11 +380,7 @@ def test_shared_skills_recover_a_library_made_of_fewer_skills(tmp_path):
     imported = from_lora_library(tiny_model("llama").double(), paths, "poly", n_skills=2)
     assert not imported.exact and ta.adapter_config(imported.model).n_skills == 2
     assert imported.max_layer_error < 1e-9
-    model = imported.model.eval()
-    batch = tiny_batch(model, batch=2)
-    for task, path in enumerate(paths.values()):
-        torch.testing.assert_close(logits(model, batch, task_ids=task), logits(peft_reference("llama", path), batch),
-                                   rtol=0, atol=1e-9)
+    assert_tasks_equal_their_loras(imported.model, paths, atol=1e-9)
 
 
 def test_shared_skills_trade_error_for_size_and_the_fit_beats_its_start(libraries):
