@@ -71,7 +71,7 @@ from tensoradapt.export import export_peft_lora, task_lora_matrices
 from tensoradapt.layers import AdaptedLinear, linear_dims
 from tensoradapt.model import _CONFIG_ATTR, _inject, adapted_layers, adapter_config
 from tensoradapt.peft_lora import LoraLibraryError, PeftLora, read_peft_lora
-from tensoradapt.shared_skills import fit_shared_skills
+from tensoradapt.shared_skills import fit_shared_skills, stack_pairs
 
 __all__ = [
     "COMPRESSED_METHODS",
@@ -279,16 +279,16 @@ def _one_hot_rows(method: str, n_tasks: int, tensor_rank: int, order: int, n_hea
     return eye[:, None, :].expand(n_tasks, order, n_tasks)  # tensorpoly_ii: (L, N, R = L)
 
 
+def _scaled_pairs(loras: list[PeftLora], name: str) -> list[tuple[torch.Tensor, torch.Tensor] | None]:
+    """Per LoRA, module ``name``'s ``(A, s B)`` in float64 (its scaling folded into ``B``), or ``None`` where it has none."""
+    return [None if (module := lora.modules.get(name)) is None
+            else (module.down.double(), module.up.double() * module.scaling) for lora in loras]
+
+
 @torch.no_grad()
 def _fill_dense(layers: dict[str, AdaptedLinear], loras: list[PeftLora], rank: int) -> None:
     for name, layer in layers.items():
-        down = torch.zeros(len(loras), layer.d_in, rank, dtype=torch.float64)
-        up = torch.zeros(len(loras), rank, layer.d_out, dtype=torch.float64)
-        for skill, lora in enumerate(loras):
-            module = lora.modules.get(name)
-            if module is not None:
-                down[skill, :, : module.rank] = module.down.double()
-                up[skill, : module.rank] = module.up.double() * module.scaling
+        down, up = stack_pairs(_scaled_pairs(loras, name), layer.d_in, layer.d_out, rank)
         layer.bank.down.copy_(down)
         layer.bank.up.copy_(up)
 
@@ -327,9 +327,7 @@ def _fill_leaves(
 def _fill_shared(layers: dict[str, AdaptedLinear], loras: list[PeftLora], rank: int, n_skills: int, steps: int) -> None:
     """Every layer's ``n_skills`` shared Poly skills and routing rows, fitted to all the LoRAs at once."""
     for name, layer in layers.items():
-        pairs = [None if (module := lora.modules.get(name)) is None
-                 else (module.down.double(), module.up.double() * module.scaling) for lora in loras]
-        fitted = fit_shared_skills(pairs, n_skills, d_in=layer.d_in, d_out=layer.d_out, rank=rank, steps=steps)
+        fitted = fit_shared_skills(_scaled_pairs(loras, name), n_skills, d_in=layer.d_in, d_out=layer.d_out, rank=rank, steps=steps)
         layer.bank.down.copy_(fitted.down)
         layer.bank.up.copy_(fitted.up)
         layer.combiner.logits.copy_(fitted.weights)

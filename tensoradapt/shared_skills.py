@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["SharedSkills", "fit_shared_skills"]
+__all__ = ["SharedSkills", "fit_shared_skills", "stack_pairs"]
 
 
 @dataclass
@@ -54,7 +54,7 @@ class SharedSkills:
     error: float
 
 
-def _stack(pairs: Sequence[tuple[torch.Tensor, torch.Tensor] | None], d_in: int, d_out: int,
+def stack_pairs(pairs: Sequence[tuple[torch.Tensor, torch.Tensor] | None], d_in: int, d_out: int,
            rank: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``(L, d_in, r)`` and ``(L, r, d_out)`` float64, zero-padded ranks; a missing module is all zero."""
     down = torch.zeros(len(pairs), d_in, rank, dtype=torch.float64)
@@ -105,7 +105,7 @@ def fit_shared_skills(
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")
     n_tasks = len(pairs)
-    down, up = _stack(pairs, d_in, d_out, rank)
+    down, up = stack_pairs(pairs, d_in, d_out, rank)
     target = ((down.mT @ down) * (up @ up.mT)).sum()
     if float(target) == 0.0:  # no LoRA adapts this layer
         zeros = torch.zeros(n_tasks, n_skills, dtype=torch.float64)
