@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 # Real task rows for the MiniLM proxy (t0_train/, t0_fewshot/, t0_validation/).
 DATA ?= ../shared/data
 
-.PHONY: venv demo test test-slow docs bench proxy proxy-one clean
+.PHONY: venv demo test test-slow docs bench proxy proxy-one proxy-library clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,12 @@ proxy: $(STAMP)
 # One method of the proxy: make proxy-one METHOD=tensorpoly_i
 proxy-one: $(STAMP)
 	$(PY) benchmarks/t0_proxy.py --data-dir $(DATA) --methods $(METHOD) --out runs/t0_proxy_$(METHOD)
+
+# What compressing a library of LoRAs costs: five MiniLM LoRAs (AG News, TREC, IMDB, Rotten Tomatoes,
+# SST-2), each trained alone, imported exactly, with shared skills, as TensorPoly-I / -II and TLoRA, and
+# evaluated on held-out rows (benchmarks/t0_proxy_library.py): about 35 min on one core.
+proxy-library: $(STAMP)
+	$(PY) benchmarks/t0_proxy_library.py --data-dir $(DATA)
 
 clean:
 	rm -rf $(VENV) site .pytest_cache .hypothesis

@@ -79,6 +79,7 @@ __all__ = [
     "LIBRARY_INDEX",
     "LibraryExport",
     "LibraryImport",
+    "combined_error",
     "export_lora_library",
     "from_lora_library",
 ]
@@ -111,6 +112,8 @@ class LibraryImport:
         layer_errors: ``{module: relative Frobenius error of the updates over all tasks}``
             (round-off for an exact import).
         task_errors: ``{name: relative error of that task's updates over all layers}``.
+        update_norms: ``{name: ||dW_t||_F of the LoRA's updates over all layers}``, the weights
+            that combine the per-task errors into `error`.
     """
 
     model: nn.Module = field(repr=False)
@@ -120,6 +123,7 @@ class LibraryImport:
     ranks: dict[str, int]
     layer_errors: dict[str, float] = field(repr=False)
     task_errors: dict[str, float]
+    update_norms: dict[str, float] = field(repr=False, default_factory=dict)
 
     def task_id(self, name: str) -> int:
         """The task id of the LoRA named ``name``."""
@@ -131,6 +135,11 @@ class LibraryImport:
     def max_layer_error(self) -> float:
         """The largest per-layer relative error."""
         return max(self.layer_errors.values(), default=0.0)
+
+    @property
+    def error(self) -> float:
+        """The relative error over every layer and task: ``sqrt(sum ||dW' - dW||^2 / sum ||dW||^2)``."""
+        return combined_error(self.task_errors, self.update_norms)
 
     def summary(self) -> str:
         """A plain-text table: per task its id, rank and error; then the per-layer errors."""
@@ -343,9 +352,23 @@ def _low_rank_norm(down: torch.Tensor, up: torch.Tensor) -> float:
     return float(torch.linalg.matrix_norm(r_down @ r_up.T))
 
 
+def combined_error(task_errors: Mapping[str, float], update_norms: Mapping[str, float]) -> float:
+    """One relative error over tasks: the per-task errors weighted by the squared update norms.
+
+    Combines imports too: the errors and norms of several `LibraryImport` (one per task, as for
+    ``tlora``) give the error of the whole library.
+    """
+    target = sum(update_norms[name] ** 2 for name in task_errors)
+    difference = sum((task_errors[name] * update_norms[name]) ** 2 for name in task_errors)
+    return (difference / target) ** 0.5 if target > 0 else 0.0
+
+
 @torch.no_grad()
-def _errors(model: nn.Module, loras: dict[str, PeftLora]) -> tuple[dict[str, float], dict[str, float]]:
-    """Relative errors of the routed model's task updates against the LoRAs', per layer and per task."""
+def _errors(
+    model: nn.Module, loras: dict[str, PeftLora]
+) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
+    """Relative errors of the routed model's task updates against the LoRAs' (per layer, per task),
+    and each LoRA's update norm over all layers."""
     names = list(loras)
     routed = adapter_config(model).is_routed
     layer_sums: dict[str, list[float]] = {}
@@ -370,7 +393,8 @@ def _errors(model: nn.Module, loras: dict[str, PeftLora]) -> tuple[dict[str, flo
         difference, target = pair
         return (difference / target) ** 0.5 if target > 0 else difference**0.5
 
-    return {k: ratio(v) for k, v in layer_sums.items()}, {k: ratio(v) for k, v in task_sums.items()}
+    return ({k: ratio(v) for k, v in layer_sums.items()}, {k: ratio(v) for k, v in task_sums.items()},
+            {k: v[1] ** 0.5 for k, v in task_sums.items()})
 
 
 # -------------------------------------------------------------------------------------- import
@@ -504,7 +528,7 @@ def from_lora_library(
                     layer.combiner.logits.copy_(rows)
 
     model = _inject(base_model, config, prepare)
-    layer_errors, task_errors = _errors(model, loras)
+    layer_errors, task_errors, update_norms = _errors(model, loras)
     result = LibraryImport(
         model=model,
         names=list(loras),
@@ -513,6 +537,7 @@ def from_lora_library(
         ranks={name: lora.max_rank for name, lora in loras.items()},
         layer_errors=layer_errors,
         task_errors=task_errors,
+        update_norms=update_norms,
     )
     logger.info(
         "imported %d LoRAs as %s on %d modules (rank %d): relative error max %.3g over layers",

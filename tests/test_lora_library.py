@@ -302,8 +302,10 @@ def test_trex_exports_its_routing_averaged_lora_with_the_error(tmp_path, caplog)
 
 
 def dense_errors(model, loras) -> dict[str, float]:
-    """Per-layer relative error of the task updates, from dense matrices (the plain reference)."""
+    """Per-layer relative error of the task updates, from dense matrices (the plain reference); the key
+    ``"all"`` holds the error over every layer and task at once."""
     errors = {}
+    total_difference = total_target = 0.0
     for name, layer in adapted_layers(model).items():
         difference = target = 0.0
         for task, lora in enumerate(loras):
@@ -316,6 +318,9 @@ def dense_errors(model, loras) -> dict[str, float]:
             difference += float((fitted - true).square().sum())
             target += float(true.square().sum())
         errors[name] = math.sqrt(difference / target)
+        total_difference += difference
+        total_target += target
+    errors["all"] = math.sqrt(total_difference / total_target)
     return errors
 
 
@@ -327,10 +332,11 @@ def test_compressed_import_reports_the_error_it_has(libraries, method):
                                  tensor_rank=2 if method == "tensorpoly_i" else None)
     assert not imported.exact
     reference = dense_errors(imported.model, loras)
-    assert set(imported.layer_errors) == set(reference)
+    assert set(imported.layer_errors) | {"all"} == set(reference)
     for name, error in imported.layer_errors.items():
         assert error == pytest.approx(reference[name], rel=1e-9, abs=1e-12)
         assert 0 < error < 1
+    assert imported.error == pytest.approx(reference["all"], rel=1e-9)
     assert "relative error" in imported.summary()
 
 
@@ -395,6 +401,7 @@ def test_shared_skills_trade_error_for_size_and_the_fit_beats_its_start(librarie
         reference = dense_errors(imported.model, loras)
         for name, error in imported.layer_errors.items():
             assert error == pytest.approx(reference[name], rel=1e-9, abs=1e-12)
+        assert imported.error == pytest.approx(reference["all"], rel=1e-9)
         errors.append(sum(imported.layer_errors.values()))
         start = from_lora_library(tiny_model("llama").double(), paths, "poly", n_skills=n_skills, fit_steps=0)
         assert sum(start.layer_errors.values()) > (1.005 if n_skills == 1 else 1.5) * errors[-1]
@@ -411,6 +418,23 @@ def test_tlora_fits_one_lora(libraries):
                                rtol=0, atol=1e-10)
     fitted = from_lora_library(tiny_model("llama").double(), [path], "tlora", tensor_rank=1)
     assert fitted.task_errors["lora0"] > 1e-3
+
+
+def test_per_lora_tlora_imports_combine_into_the_library_error(libraries):
+    """A TLoRA import per LoRA fits each one as TensorPoly-I's block of that LoRA does, so their errors,
+    combined by ``combined_error`` (weighted by the update norms), are the TensorPoly-I import's over all
+    layers and tasks: the dense reference of every LoRA at once."""
+    paths = libraries["llama"]
+    loras = [read_peft_lora(path) for path in paths.values()]
+    library = from_lora_library(tiny_model("llama").double(), paths, "tensorpoly_i", tensor_rank=2)
+    alone = [from_lora_library(tiny_model("llama").double(), {name: path}, "tlora", tensor_rank=2)
+             for name, path in paths.items()]
+    task_errors = {name: result.task_errors[name] for result in alone for name in result.names}
+    norms = {name: result.update_norms[name] for result in alone for name in result.names}
+    assert task_errors == pytest.approx(library.task_errors, rel=1e-9)
+    assert ta.library.combined_error(task_errors, norms) == pytest.approx(dense_errors(library.model, loras)["all"],
+                                                                          rel=1e-9)
+    assert 0.05 < library.error < 1
 
 
 # --------------------------------------------------------------------------------- the identity router

@@ -1,0 +1,451 @@
+"""What compressing a library of LoRAs costs in accuracy, on the real-model proxy (all-MiniLM-L6-v2).
+
+    python benchmarks/t0_proxy_library.py --data-dir ../shared/data            # make proxy-library
+    python benchmarks/t0_proxy_library.py --data-dir ../shared/data --tasks ag_news trec --steps 20
+
+1. **The library.** One LoRA per task of ``--tasks`` (default: the five ``t0_train`` tasks MiniLM
+   learns: AG News, TREC, IMDB, Rotten Tomatoes, SST-2), each trained alone from its own fresh
+   adapter: the proxy's LoRA (`t0_recipes.methods`, ``minilm``: rank 8 on every BERT linear; the
+   scoring head stays at its seeded init, as in few-shot adaptation), on its task's shot pool
+   (`t0_recipes.data.holdout.split_pools`: up to 500 rows, one random template each), ``--steps``
+   AdamW steps of ``--batch-size`` at ``--lr``. Each is written as a PEFT LoRA folder
+   (`tensoradapt.export_peft_lora`) and read back like anyone's.
+2. **The reference.** Each LoRA on ``--eval-rows`` rows of its task's evaluation pool (rows no
+   LoRA trained on; one seeded template per row, the proxy's protocol).
+3. **The imports.** `tensoradapt.from_lora_library` into a fresh MiniLM, once per compression,
+   then every task through its task id on the same rows:
+
+   * ``poly``: exact (each LoRA a skill, one-hot rows); it must give the reference's outcome on
+     every example, and the run fails (after writing what it measured) if it does not;
+   * ``poly`` with ``--shared-skills S``: ``S`` skills shared by all LoRAs (`tensoradapt.shared_skills`);
+   * ``tensorpoly_i`` at each ``--tensor-ranks R`` (order ``--order``): each LoRA's columns as
+     entangled tensors of rank ``R``;
+   * ``tensorpoly_ii``: each column one simple tensor;
+   * ``tlora`` at ``--tlora-rank R``: each LoRA imported alone (one model per task).
+
+4. **The report.** Per compression: adapter parameters against the library's, the relative error
+   of the task updates (`LibraryImport`: over all layers, largest layer, per task), accuracy per
+   task and its mean, and the mean's difference from the reference with a paired bootstrap 95 %
+   interval (examples resampled within each task). ``<out>/lora_library.{json,md,png}``.
+
+Cost on one core (MiniLM, 64-token pairs): training is ~1 s per step of 8 two-choice pairs and
+grows with the choices (TREC has 6); one evaluation of all five tasks at 256 rows is ~1 min; the
+default run is about 35 minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import hashlib
+import logging
+import random
+import sys
+import tempfile
+import time
+import zlib
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # benchmarks/ and t0_recipes/ sit at the repository root, outside the package
+    sys.path.insert(0, str(REPO))
+
+from benchmarks.common import environment, markdown_table, write_outputs  # noqa: E402
+
+logger = logging.getLogger("t0_proxy_library")
+
+#: The ``t0_train`` tasks all-MiniLM-L6-v2 learns from a few hundred rows (topic and sentiment).
+LIBRARY_TASKS = ("ag_news", "trec", "imdb", "rotten_tomatoes", "sst2")
+RESULTS = REPO / "benchmarks" / "results" / "lora_library"
+
+
+@dataclasses.dataclass(frozen=True)
+class Compression:
+    """One way of importing the library.
+
+    Attributes:
+        name: its label in the report (``poly``, ``poly_s2``, ``tensorpoly_i_r4``, ...).
+        method: the `tensoradapt.from_lora_library` method.
+        options: its other keyword arguments (``n_skills``, ``tensor_rank``, ``order``).
+        per_task: import each LoRA alone (``tlora`` holds one LoRA).
+    """
+
+    name: str
+    method: str
+    options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    per_task: bool = False
+
+
+def compressions(args: argparse.Namespace, n_tasks: int) -> list[Compression]:
+    """The imports of a run, in report order: exact first, then by how much they keep."""
+    out = [Compression("poly", "poly")]
+    out += [Compression(f"poly_s{s}", "poly", {"n_skills": s, "fit_steps": args.fit_steps})
+            for s in sorted(args.shared_skills) if s < n_tasks]
+    out += [Compression(f"tensorpoly_i_r{r}", "tensorpoly_i", {"tensor_rank": r, "order": args.order})
+            for r in sorted(args.tensor_ranks)]
+    out.append(Compression("tensorpoly_ii", "tensorpoly_ii", {"order": args.order}))
+    if args.tlora_rank:
+        out.append(Compression(f"tlora_r{args.tlora_rank}", "tlora", {"tensor_rank": args.tlora_rank,
+                                                                         "order": args.order}, per_task=True))
+    return out
+
+
+# ------------------------------------------------------------------------------------------- rows
+
+
+def library_examples(data_dir: str, tasks: Sequence[str], *, eval_rows: int, seed: int):
+    """``(train, evaluation)``: per task its shot pool and its capped evaluation pool, rendered.
+
+    Task ``i`` of ``tasks`` carries task id ``i`` (the imported library's order). Training rows get
+    one template each from ``random.Random(seed)``; evaluation rows are the proxy's
+    (`t0_recipes.protocol.eval_examples`: a ``random.Random(0)`` subset, one seeded template each).
+    """
+    from t0_recipes.data.holdout import split_pools
+    from t0_recipes.data.rows import TaskIndex, load_train_rows, sample_template_examples
+    from t0_recipes.protocol import ProtocolConfig, eval_examples
+
+    index = TaskIndex("datasets")
+    train, evaluation = {}, {}
+    for task in tasks:
+        task_id = index.add(task)
+        pool, _ = split_pools(load_train_rows(data_dir, task), task)
+        rendered = sample_template_examples(pool, task, index=TaskIndex("datasets"), rng=random.Random(seed))
+        train[task] = [dataclasses.replace(e, task_id=task_id) for e in rendered]
+        config = ProtocolConfig(tasks=[task], seeds=[seed], data_dir=data_dir, hold_out=[task],
+                                eval_templates="random", eval_max_rows=eval_rows)
+        evaluation[task] = [dataclasses.replace(e, task_id=task_id) for e in eval_examples(config, task)]
+    return train, evaluation
+
+
+# ------------------------------------------------------------------------------------------ models
+
+
+def train_lora(base: torch.nn.Module, examples, collator, args: argparse.Namespace, seed: int) -> torch.nn.Module:
+    """A fresh proxy LoRA on a copy of ``base``, trained on ``examples`` (`FewShotAdapter`'s loop)."""
+    import tensoradapt
+    from t0_recipes.methods import adapter_config_for
+    from t0_recipes.presets import get_preset
+    from t0_recipes.scoring.scorers import get_scorer
+    from t0_recipes.training.fewshot import FewShotAdapter
+    from t0_recipes.training.loop import make_accelerator
+
+    model = copy.deepcopy(base)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        tensoradapt.inject(model, adapter_config_for("lora", "minilm"))
+    hparams = dataclasses.replace(get_preset("minilm").fewshot, steps=args.steps, batch_size=args.batch_size,
+                                  lr=args.lr)
+    adapt = FewShotAdapter("lora", "full", hparams, accelerator=make_accelerator(cpu=True), route=None,
+                           scorer=get_scorer("cross_encoder"), progress=not args.quiet)
+    return adapt(model, [dataclasses.replace(e, task_id=0) for e in examples], collator, seed).eval()
+
+
+def evaluate(model: torch.nn.Module, examples, collator, args: argparse.Namespace, *, routed: bool,
+             desc: str) -> list[int]:
+    """0/1 outcome per example (rank classification, the examples' task ids routed when ``routed``)."""
+    import tensoradapt
+    from t0_recipes.scoring.rank import evaluate_examples
+    from t0_recipes.scoring.scorers import get_scorer
+
+    result = evaluate_examples(model.eval(), examples, collator, batch_size=args.eval_batch_size,
+                               route=tensoradapt.use_routing if routed else None,
+                               rank_fn=get_scorer("cross_encoder").rank_scores, desc=desc, progress=not args.quiet)
+    return [int(p == g) for p, g in zip(result.predictions, result.golds)]
+
+
+def import_library(base: torch.nn.Module, folders: Mapping[str, Path], compression: Compression):
+    """``[(tasks, LibraryImport)]``: one import of the whole library, or one per task (``per_task``)."""
+    import tensoradapt
+
+    groups = [[task] for task in folders] if compression.per_task else [list(folders)]
+    return [(group, tensoradapt.from_lora_library(copy.deepcopy(base), {t: folders[t] for t in group},
+                                                  compression.method, **compression.options))
+            for group in groups]
+
+
+# ------------------------------------------------------------------------------------------ report
+
+
+def paired_interval(ours: Mapping[str, Sequence[int]], reference: Mapping[str, Sequence[int]], *,
+                    n_boot: int = 2000, seed: int = 0) -> dict[str, float]:
+    """Mean over tasks of accuracy minus the reference's, with a paired bootstrap 95 % interval.
+
+    Each resample draws every task's examples with replacement (the same draw for both sides, from
+    a stream of ``seed`` and the task's name), so the interval reflects which rows were evaluated.
+    """
+    differences = np.zeros(n_boot)
+    estimate = 0.0
+    for task in reference:
+        a, b = np.asarray(ours[task], dtype=np.float64), np.asarray(reference[task], dtype=np.float64)
+        n = a.size
+        draws = np.random.default_rng([seed, zlib.crc32(task.encode())]).integers(0, n, size=(n_boot, n))
+        differences += (a[draws] - b[draws]).mean(axis=1)
+        estimate += float((a - b).mean())
+    differences /= len(reference)
+    low, high = np.percentile(differences, [2.5, 97.5])
+    return {"estimate": estimate / len(reference), "low": float(low), "high": float(high)}
+
+
+def _adapter_parameters(imports) -> int:
+    import tensoradapt
+
+    return sum(tensoradapt.count_parameters(result.model)["adapter"] for _, result in imports)
+
+
+def _relative_error(imports) -> dict[str, Any]:
+    """Errors of the imports: over all layers and tasks, the largest layer's, and per task."""
+    from tensoradapt.library import combined_error
+
+    per_task = {task: error for _, result in imports for task, error in result.task_errors.items()}
+    norms = {task: norm for _, result in imports for task, norm in result.update_norms.items()}
+    return {"overall": combined_error(per_task, norms), "max_layer": max(r.max_layer_error for _, r in imports),
+            "per_task": per_task}
+
+
+def summarize(outcomes: Mapping[str, Mapping[str, list[int]]], reference: Mapping[str, list[int]],
+              details: Mapping[str, Mapping[str, Any]], tasks: Sequence[str]) -> dict[str, Any]:
+    """Accuracy per task and mean, and the paired difference from the reference, per compression."""
+    rows = {}
+    for name, per_task in {"lora": reference, **outcomes}.items():
+        accuracy = {task: float(np.mean(per_task[task])) for task in tasks}
+        rows[name] = {
+            **details.get(name, {}),
+            "accuracy": accuracy,
+            "mean": float(np.mean(list(accuracy.values()))),
+            "delta": None if name == "lora" else paired_interval(per_task, reference),
+            "outcomes_equal_reference": sum(int(a == b) for t in tasks for a, b in zip(per_task[t], reference[t])),
+        }
+    return rows
+
+
+def _pct(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.1f}"
+
+
+def markdown(payload: Mapping[str, Any]) -> str:
+    tasks, rows = payload["tasks"], payload["rows"]
+    n_examples = sum(payload["n_eval"].values())
+    lines = [
+        "# What compressing a LoRA library costs: all-MiniLM-L6-v2",
+        "",
+        f"{len(tasks)} LoRAs (rank {payload['lora_rank']}, every BERT linear), each trained alone on its task's shot "
+        f"pool ({payload['settings']['steps']} steps of {payload['settings']['batch_size']}, lr "
+        f"{payload['settings']['lr']:g}), imported into one model by `tensoradapt.from_lora_library` and evaluated "
+        f"through each task's id on {payload['settings']['eval_rows']} held-out rows per task "
+        f"({n_examples} examples). Accuracy in %; the error is the relative Frobenius error of the task updates "
+        "(all layers and tasks, and the largest layer); Δ is the mean accuracy minus the LoRAs' with a paired "
+        "bootstrap 95 % interval; parameters are the adapter's, as a share of the library's.",
+        "",
+    ]
+    headers = ["import", "adapter params", "share", "error", "worst layer", *tasks, "mean", "Δ vs LoRAs",
+               "same outcome"]
+    table = []
+    library = rows["lora"]["adapter_parameters"]
+    for name, row in rows.items():
+        error = row.get("error")
+        delta = row["delta"]
+        table.append([
+            row["label"], f"{row['adapter_parameters']:,}", f"{row['adapter_parameters'] / library:.2f}",
+            "–" if error is None else f"{error['overall']:.3f}", "–" if error is None else f"{error['max_layer']:.3f}",
+            *(_pct(row["accuracy"][t]) for t in tasks), _pct(row["mean"]),
+            "baseline" if delta is None else
+            f"{100 * delta['estimate']:+.1f} [{100 * delta['low']:+.1f}, {100 * delta['high']:+.1f}]",
+            f"{row['outcomes_equal_reference']}/{n_examples}",
+        ])
+    lines.append(markdown_table(headers, table, align=["l"] + ["r"] * (len(headers) - 1)))
+    chance = ", ".join(f"{task} {_pct(payload['chance'][task])}" for task in tasks)
+    lines += ["", f"Chance: {chance}.",
+              "", "Per-task relative error of the fitted imports:", ""]
+    fitted = [(name, row) for name, row in rows.items() if row.get("error") is not None]
+    lines.append(markdown_table(["import", *tasks],
+                                [[row["label"], *(f"{row['error']['per_task'][t]:.3f}" for t in tasks)]
+                                 for _, row in fitted], align=["l"] + ["r"] * len(tasks)))
+    lines += ["", f"Command: `python benchmarks/t0_proxy_library.py {payload['command']}`; "
+              f"{payload['wall_time_s'] / 60:.0f} min, {payload['environment']['torch_threads']} thread(s)."]
+    return "\n".join(lines) + "\n"
+
+
+def plot(payload: Mapping[str, Any], path: Path) -> Path:
+    """Accuracy Δ against the reconstruction error, one point per fitted import (interval bars)."""
+    import matplotlib.pyplot as plt
+
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for name, row in payload["rows"].items():
+        if row["delta"] is None:
+            continue
+        delta = row["delta"]
+        x_error = row["error"]["overall"] if row.get("error") else 0.0
+        share = row["adapter_parameters"] / payload["rows"]["lora"]["adapter_parameters"]
+        bars = [[100 * (delta["estimate"] - delta["low"])], [100 * (delta["high"] - delta["estimate"])]]
+        for axis, x in ((left, x_error), (right, share)):
+            axis.errorbar([x], [100 * delta["estimate"]], yerr=bars, fmt="o", capsize=3)
+            axis.annotate(row["label"], (x, 100 * delta["estimate"]), textcoords="offset points", xytext=(5, 4),
+                          fontsize=8)
+    left.set_xlabel("relative error of the task updates (all layers)")
+    right.set_xlabel("adapter parameters / the LoRA library's")
+    right.set_xscale("log")
+    for axis in (left, right):
+        axis.axhline(0.0, color="0.5", linewidth=0.8)
+        axis.set_ylabel("mean accuracy − the LoRAs' (points)")
+    figure.suptitle(f"Compressing {len(payload['tasks'])} MiniLM LoRAs: accuracy cost (95 % paired bootstrap)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+LABELS = {"lora": "the LoRAs (reference)", "poly": "Poly, exact"}
+
+
+def _label(compression: Compression) -> str:
+    if compression.name in LABELS:
+        return LABELS[compression.name]
+    options = compression.options
+    if compression.method == "poly":
+        return f"Poly, {options['n_skills']} shared skills"
+    if compression.method == "tensorpoly_i":
+        return f"TensorPoly-I, R={options['tensor_rank']}, N={options['order']}"
+    if compression.method == "tensorpoly_ii":
+        return f"TensorPoly-II, N={options['order']}"
+    return f"TLoRA per task, R={options['tensor_rank']}, N={options['order']}"
+
+
+# -------------------------------------------------------------------------------------------- run
+
+
+def _sha256(folder: Path) -> str:
+    return hashlib.sha256((folder / "adapter_model.safetensors").read_bytes()).hexdigest()
+
+
+def run(args: argparse.Namespace, argv: Sequence[str],
+        load: Callable[[], tuple[torch.nn.Module, Any]] | None = None) -> dict[str, Any]:
+    """The whole experiment (module docstring); returns the payload it wrote."""
+    import tensoradapt
+    from t0_recipes.data.tasks import get_task
+    from t0_recipes.scoring.cross_encoder import load_cross_encoder
+    from t0_recipes.scoring.scorers import get_scorer
+    from tensoradapt.peft_lora import read_peft_lora
+
+    start = time.perf_counter()
+    torch.set_num_threads(args.threads)
+    base, tokenizer = (load or (lambda: load_cross_encoder(args.model)))()
+    collator = get_scorer("cross_encoder").collator(tokenizer, args.max_length)
+    train, evaluation = library_examples(args.data_dir, args.tasks, eval_rows=args.eval_rows, seed=args.seed)
+    timings: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as scratch:
+        loras_dir = Path(args.loras_dir) if args.loras_dir else Path(scratch)
+        folders, reference, hashes = {}, {}, {}
+        for task_id, task in enumerate(tqdm(args.tasks, desc="train the library", unit="LoRA", disable=args.quiet)):
+            clock = time.perf_counter()
+            model = train_lora(base, train[task], collator, args, seed=args.seed + task_id)
+            timings[f"train {task}"] = time.perf_counter() - clock
+            reference[task] = evaluate(model, evaluation[task], collator, args, routed=False, desc=f"{task} LoRA")
+            folders[task] = tensoradapt.export_peft_lora(model, loras_dir / task)
+            hashes[task] = _sha256(folders[task])
+            logger.info("%s: LoRA accuracy %.3f (%.0f s)", task, np.mean(reference[task]), timings[f"train {task}"])
+        loras = {task: read_peft_lora(folder) for task, folder in folders.items()}
+        library_parameters = sum(m.down.numel() + m.up.numel() for lora in loras.values()
+                                 for m in lora.modules.values())
+
+        outcomes, details = {}, {"lora": {"label": LABELS["lora"], "adapter_parameters": library_parameters}}
+        for compression in tqdm(compressions(args, len(args.tasks)), desc="imports", unit="import",
+                                disable=args.quiet):
+            clock = time.perf_counter()
+            imports = import_library(base, folders, compression)
+            fit_s = time.perf_counter() - clock
+            per_task = {}
+            for group, result in imports:
+                routed = tensoradapt.adapter_config(result.model).is_routed
+                for task in group:
+                    examples = [dataclasses.replace(e, task_id=result.task_id(task)) for e in evaluation[task]]
+                    per_task[task] = evaluate(result.model, examples, collator, args, routed=routed,
+                                              desc=f"{task} {compression.name}")
+            outcomes[compression.name] = per_task
+            details[compression.name] = {
+                "label": _label(compression), "method": compression.method, "options": dict(compression.options),
+                "adapter_parameters": _adapter_parameters(imports), "fit_s": fit_s,
+                "error": None if imports[0][1].exact else _relative_error(imports),
+            }
+            timings[compression.name] = time.perf_counter() - clock
+            logger.info("%s: mean accuracy %.3f (%.0f s)", compression.name,
+                        np.mean([np.mean(v) for v in per_task.values()]), timings[compression.name])
+
+    rows = summarize(outcomes, reference, details, args.tasks)
+    exact = rows["poly"]["outcomes_equal_reference"]
+    n_examples = sum(len(v) for v in evaluation.values())
+    payload = {
+        "benchmark": "t0_proxy_library",
+        "command": " ".join(argv),
+        "tasks": list(args.tasks),
+        "lora_rank": max(lora.max_rank for lora in loras.values()),
+        "n_eval": {task: len(evaluation[task]) for task in args.tasks},
+        "n_train": {task: len(train[task]) for task in args.tasks},
+        "chance": {task: 1.0 / get_task(task).n_choices for task in args.tasks},
+        "settings": {key: value for key, value in vars(args).items() if key not in ("quiet",)},
+        "lora_sha256": hashes,
+        "rows": rows,
+        "timings_s": timings,
+        "wall_time_s": time.perf_counter() - start,
+        "environment": environment(torch.device("cpu")),
+    }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_outputs(out / "lora_library.json", payload, markdown(payload))
+    plot(payload, out / "lora_library.png")
+    if exact != n_examples:
+        raise SystemExit(f"the exact Poly import gives the LoRAs' outcome on {exact} of {n_examples} examples; "
+                         f"an exact import must give it on every one (the results in {out} are not to be used)")
+    return payload
+
+
+def parser() -> argparse.ArgumentParser:
+    parse = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parse.add_argument("--data-dir", required=True, help="folder with t0_train/<task>/train.jsonl")
+    parse.add_argument("--tasks", nargs="+", default=list(LIBRARY_TASKS), help="one LoRA per task (t0_train tasks)")
+    parse.add_argument("--model", default=None, help="a BERT-like encoder folder (default: all-MiniLM-L6-v2's wheel)")
+    parse.add_argument("--out", default=str(RESULTS), help="where lora_library.{json,md,png} go")
+    parse.add_argument("--loras-dir", default=None, help="keep the trained LoRA folders here (default: deleted)")
+    parse.add_argument("--steps", type=int, default=100, help="training steps of each LoRA")
+    parse.add_argument("--batch-size", type=int, default=8)
+    parse.add_argument("--lr", type=float, default=3e-3, help="AdamW learning rate of each LoRA")
+    parse.add_argument("--max-length", type=int, default=64, help="tokens per (prompt, choice) pair")
+    parse.add_argument("--eval-rows", type=int, default=256, help="evaluation rows per task")
+    parse.add_argument("--eval-batch-size", type=int, default=64)
+    parse.add_argument("--shared-skills", nargs="*", type=int, default=[1, 2, 3],
+                       help="Poly imports with S shared skills (each S below the number of tasks)")
+    parse.add_argument("--tensor-ranks", nargs="*", type=int, default=[1, 4, 16],
+                       help="TensorPoly-I imports at these tensor ranks per LoRA")
+    parse.add_argument("--tlora-rank", type=int, default=4, help="TLoRA import per task at this rank (0: none)")
+    parse.add_argument("--order", type=int, default=2, help="tensor order of the fitted imports")
+    parse.add_argument("--fit-steps", type=int, default=200, help="L-BFGS steps of the shared-skill fit per layer")
+    parse.add_argument("--seed", type=int, default=0, help="templates of the training rows; LoRA i uses seed + i")
+    parse.add_argument("--threads", type=int, default=1, help="torch threads")
+    parse.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parse
+
+
+def main(argv: Sequence[str] | None = None, load: Callable[[], tuple[torch.nn.Module, Any]] | None = None) -> dict:
+    """Parse ``argv`` and `run`; ``load`` replaces the encoder loading (tests pass a tiny BERT)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser().parse_args(argv)
+    for flag, values in (("--shared-skills", args.shared_skills), ("--tensor-ranks", args.tensor_ranks),
+                         ("--steps", [args.steps]), ("--eval-rows", [args.eval_rows]), ("--order", [args.order])):
+        if any(value < 1 for value in values):
+            parser().error(f"{flag} {values}: every value must be at least 1")
+    if len(set(args.tasks)) != len(args.tasks) or len(args.tasks) < 2:
+        parser().error(f"--tasks {args.tasks}: a library needs at least two different tasks")
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    payload = run(args, argv, load)
+    print(f"wrote {Path(args.out) / 'lora_library.md'}")
+    return payload
+
+
+if __name__ == "__main__":
+    main()
