@@ -54,16 +54,17 @@ import torch
 from tqdm.auto import tqdm
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # benchmarks/ and t0_recipes/ sit at the repository root, outside the package
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+if str(REPO) not in sys.path:  # t0_recipes/ sits at the repository root, outside the installed package
     sys.path.insert(0, str(REPO))
 
-from benchmarks.common import environment, markdown_table, write_outputs  # noqa: E402
+from common import RESULTS_DIR, environment, markdown_table, write_outputs  # noqa: E402
 
 logger = logging.getLogger("t0_proxy_library")
 
 #: The ``t0_train`` tasks all-MiniLM-L6-v2 learns from a few hundred rows (topic and sentiment).
 LIBRARY_TASKS = ("ag_news", "trec", "imdb", "rotten_tomatoes", "sst2")
-RESULTS = REPO / "benchmarks" / "results" / "lora_library"
+RESULTS = RESULTS_DIR / "lora_library"
 
 
 @dataclasses.dataclass(frozen=True)

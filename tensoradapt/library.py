@@ -434,8 +434,9 @@ def from_lora_library(
         n_heads: ``mhr``'s heads (must divide every adapted dim).
         n_skills: ``poly`` only: ``S`` skills shared by all tasks, fewer than the ``L`` LoRAs
             (``None`` or ``L``: one skill per LoRA, exact). Each layer's skills and routing rows
-            are fitted to every LoRA at once (`tensoradapt.shared_skills.fit_shared_skills`), and
-            the error is reported as for the other fits.
+            are fitted to every LoRA at once, each LoRA counting the same whatever its update's
+            norm (`tensoradapt.shared_skills.fit_shared_skills`), and the error is reported as for
+            the other fits.
         fit_steps: L-BFGS iterations of that fit per layer (0: its truncated-SVD start alone).
         check_base: refuse LoRAs whose ``base_model_name_or_path`` differ from each other or from
             the model's (compared by last path component, case-insensitive).

@@ -392,7 +392,7 @@ def test_shared_skills_recover_a_library_made_of_fewer_skills(tmp_path):
 def test_shared_skills_trade_error_for_size_and_the_fit_beats_its_start(libraries):
     """Four unrelated LoRAs (ranks 2-5, some modules missing) in 1 or 3 shared skills: the reported error is
     the dense one, it falls as skills are added, and the L-BFGS refinement improves on the SVD start
-    (measured: by 2 % at one skill, 2.4x at three)."""
+    (measured: by 2 % at one skill, 2.5x at three)."""
     paths = libraries["llama"]
     loras = [read_peft_lora(path) for path in paths.values()]
     errors = []
