@@ -25,8 +25,12 @@
 
 4. **The report.** Per compression: adapter parameters against the library's, the relative error
    of the task updates (`LibraryImport`: over all layers, largest layer, per task), accuracy per
-   task and its mean, and the mean's difference from the reference with a paired bootstrap 95 %
-   interval (examples resampled within each task). ``<out>/lora_library.{json,md,png}``.
+   task and its mean, the mean's difference from the reference with a paired bootstrap 95 %
+   interval (examples resampled within each task), and the share of the LoRAs' gain over the
+   model without adapter (also a row) that it keeps. ``<out>/lora_library.{json,md,png}``.
+
+``--loras-from DIR`` skips step 1 and measures the PEFT LoRAs in ``DIR/<task>`` (a run's
+``--loras-dir``, or any LoRAs of the same base).
 
 Cost on one core (MiniLM, 64-token pairs): training is ~1 s per step of 8 two-choice pairs and
 grows with the choices (TREC has 6); one evaluation of all five tasks at 256 rows is ~1 min; the
@@ -212,7 +216,11 @@ def _relative_error(imports) -> dict[str, Any]:
 
 def summarize(outcomes: Mapping[str, Mapping[str, list[int]]], reference: Mapping[str, list[int]],
               details: Mapping[str, Mapping[str, Any]], tasks: Sequence[str]) -> dict[str, Any]:
-    """Accuracy per task and mean, and the paired difference from the reference, per compression."""
+    """Accuracy per task and mean, and the paired difference from the reference, per compression.
+
+    With a `BASE` row (the model without adapter), ``gain_kept`` is each row's share of the LoRAs'
+    gain over it: ``(mean - base mean) / (LoRAs' mean - base mean)``.
+    """
     rows = {}
     for name, per_task in {"lora": reference, **outcomes}.items():
         accuracy = {task: float(np.mean(per_task[task])) for task in tasks}
@@ -223,6 +231,10 @@ def summarize(outcomes: Mapping[str, Mapping[str, list[int]]], reference: Mappin
             "delta": None if name == "lora" else paired_interval(per_task, reference),
             "outcomes_equal_reference": sum(int(a == b) for t in tasks for a, b in zip(per_task[t], reference[t])),
         }
+    if BASE in rows:
+        gain = rows["lora"]["mean"] - rows[BASE]["mean"]
+        for row in rows.values():
+            row["gain_kept"] = (row["mean"] - rows[BASE]["mean"]) / gain if gain > 0 else None
     return rows
 
 
@@ -236,17 +248,16 @@ def markdown(payload: Mapping[str, Any]) -> str:
     lines = [
         "# What compressing a LoRA library costs: all-MiniLM-L6-v2",
         "",
-        f"{len(tasks)} LoRAs (rank {payload['lora_rank']}, every BERT linear), each trained alone on its task's shot "
-        f"pool ({payload['settings']['steps']} steps of {payload['settings']['batch_size']}, lr "
-        f"{payload['settings']['lr']:g}), imported into one model by `tensoradapt.from_lora_library` and evaluated "
+        f"{len(tasks)} LoRAs (rank {payload['lora_rank']}, every BERT linear), {payload['loras']}, imported into one model by `tensoradapt.from_lora_library` and evaluated "
         f"through each task's id on {payload['settings']['eval_rows']} held-out rows per task "
         f"({n_examples} examples). Accuracy in %; the error is the relative Frobenius error of the task updates "
         "(all layers and tasks, and the largest layer); Δ is the mean accuracy minus the LoRAs' with a paired "
-        "bootstrap 95 % interval; parameters are the adapter's, as a share of the library's.",
+        "bootstrap 95 % interval; gain kept is the share of the LoRAs' gain over the model without adapter; "
+        "parameters are the adapter's, as a share of the library's.",
         "",
     ]
     headers = ["import", "adapter params", "share", "error", "worst layer", *tasks, "mean", "Δ vs LoRAs",
-               "same outcome"]
+               "gain kept", "same outcome"]
     table = []
     library = rows["lora"]["adapter_parameters"]
     for name, row in rows.items():
@@ -258,6 +269,7 @@ def markdown(payload: Mapping[str, Any]) -> str:
             *(_pct(row["accuracy"][t]) for t in tasks), _pct(row["mean"]),
             "baseline" if delta is None else
             f"{100 * delta['estimate']:+.1f} [{100 * delta['low']:+.1f}, {100 * delta['high']:+.1f}]",
+            "–" if row.get("gain_kept") is None else f"{100 * row['gain_kept']:.0f} %",
             f"{row['outcomes_equal_reference']}/{n_examples}",
         ])
     lines.append(markdown_table(headers, table, align=["l"] + ["r"] * (len(headers) - 1)))
@@ -279,7 +291,7 @@ def plot(payload: Mapping[str, Any], path: Path) -> Path:
 
     figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     for name, row in payload["rows"].items():
-        if row["delta"] is None:
+        if row["delta"] is None or name == BASE:
             continue
         delta = row["delta"]
         x_error = row["error"]["overall"] if row.get("error") else 0.0
@@ -292,8 +304,13 @@ def plot(payload: Mapping[str, Any], path: Path) -> Path:
     left.set_xlabel("relative error of the task updates (all layers)")
     right.set_xlabel("adapter parameters / the LoRA library's")
     right.set_xscale("log")
+    base = payload["rows"].get(BASE)
     for axis in (left, right):
         axis.axhline(0.0, color="0.5", linewidth=0.8)
+        if base is not None:
+            axis.axhline(100 * base["delta"]["estimate"], color="0.5", linestyle="--", linewidth=0.8,
+                         label="no adapter")
+            axis.legend(loc="lower left", fontsize=8)
         axis.set_ylabel("mean accuracy − the LoRAs' (points)")
     figure.suptitle(f"Compressing {len(payload['tasks'])} MiniLM LoRAs: accuracy cost (95 % paired bootstrap)")
     figure.tight_layout()
@@ -302,7 +319,9 @@ def plot(payload: Mapping[str, Any], path: Path) -> Path:
     return path
 
 
-LABELS = {"lora": "the LoRAs (reference)", "poly": "Poly, exact"}
+#: The row of the model without adapter.
+BASE = "base"
+LABELS = {"lora": "the LoRAs (reference)", "poly": "Poly, exact", BASE: "no adapter (the base model)"}
 
 
 def _label(compression: Compression) -> str:
@@ -343,19 +362,26 @@ def run(args: argparse.Namespace, argv: Sequence[str],
     with tempfile.TemporaryDirectory() as scratch:
         loras_dir = Path(args.loras_dir) if args.loras_dir else Path(scratch)
         folders, reference, hashes = {}, {}, {}
-        for task_id, task in enumerate(tqdm(args.tasks, desc="train the library", unit="LoRA", disable=args.quiet)):
+        for task_id, task in enumerate(tqdm(args.tasks, desc="the library", unit="LoRA", disable=args.quiet)):
             clock = time.perf_counter()
-            model = train_lora(base, train[task], collator, args, seed=args.seed + task_id)
+            if args.loras_from:
+                folders[task] = Path(args.loras_from) / task
+                model = tensoradapt.from_lora_library(copy.deepcopy(base), {task: folders[task]}, "lora").model
+            else:
+                model = train_lora(base, train[task], collator, args, seed=args.seed + task_id)
+                folders[task] = tensoradapt.export_peft_lora(model, loras_dir / task)
             timings[f"train {task}"] = time.perf_counter() - clock
             reference[task] = evaluate(model, evaluation[task], collator, args, routed=False, desc=f"{task} LoRA")
-            folders[task] = tensoradapt.export_peft_lora(model, loras_dir / task)
             hashes[task] = _sha256(folders[task])
             logger.info("%s: LoRA accuracy %.3f (%.0f s)", task, np.mean(reference[task]), timings[f"train {task}"])
         loras = {task: read_peft_lora(folder) for task, folder in folders.items()}
+        outcomes = {BASE: {task: evaluate(base, evaluation[task], collator, args, routed=False, desc=f"{task} base")
+                           for task in args.tasks}}
         library_parameters = sum(m.down.numel() + m.up.numel() for lora in loras.values()
                                  for m in lora.modules.values())
 
-        outcomes, details = {}, {"lora": {"label": LABELS["lora"], "adapter_parameters": library_parameters}}
+        details = {"lora": {"label": LABELS["lora"], "adapter_parameters": library_parameters},
+                   BASE: {"label": LABELS[BASE], "adapter_parameters": 0, "error": None}}
         for compression in tqdm(compressions(args, len(args.tasks)), desc="imports", unit="import",
                                 disable=args.quiet):
             clock = time.perf_counter()
@@ -378,6 +404,7 @@ def run(args: argparse.Namespace, argv: Sequence[str],
             logger.info("%s: mean accuracy %.3f (%.0f s)", compression.name,
                         np.mean([np.mean(v) for v in per_task.values()]), timings[compression.name])
 
+    outcomes[BASE] = outcomes.pop(BASE)  # the last row
     rows = summarize(outcomes, reference, details, args.tasks)
     exact = rows["poly"]["outcomes_equal_reference"]
     n_examples = sum(len(v) for v in evaluation.values())
@@ -386,6 +413,8 @@ def run(args: argparse.Namespace, argv: Sequence[str],
         "command": " ".join(argv),
         "tasks": list(args.tasks),
         "lora_rank": max(lora.max_rank for lora in loras.values()),
+        "loras": f"read from {args.loras_from}" if args.loras_from else
+        f"each trained alone on its task's shot pool ({args.steps} steps of {args.batch_size}, lr {args.lr:g})",
         "n_eval": {task: len(evaluation[task]) for task in args.tasks},
         "n_train": {task: len(train[task]) for task in args.tasks},
         "chance": {task: 1.0 / get_task(task).n_choices for task in args.tasks},
@@ -413,6 +442,9 @@ def parser() -> argparse.ArgumentParser:
     parse.add_argument("--model", default=None, help="a BERT-like encoder folder (default: all-MiniLM-L6-v2's wheel)")
     parse.add_argument("--out", default=str(RESULTS), help="where lora_library.{json,md,png} go")
     parse.add_argument("--loras-dir", default=None, help="keep the trained LoRA folders here (default: deleted)")
+    parse.add_argument("--loras-from", default=None,
+                       help="measure these PEFT LoRAs instead of training: <dir>/<task> per task of --tasks "
+                            "(a run's --loras-dir, or anyone's LoRAs of the same base)")
     parse.add_argument("--steps", type=int, default=100, help="training steps of each LoRA")
     parse.add_argument("--batch-size", type=int, default=8)
     parse.add_argument("--lr", type=float, default=3e-3, help="AdamW learning rate of each LoRA")

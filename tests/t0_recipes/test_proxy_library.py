@@ -62,13 +62,14 @@ def test_the_library_run_reports_every_import_against_the_loras(script, data_dir
     payload = script.main(
         ["--data-dir", str(data_dir), "--tasks", *TASKS, "--steps", "4", "--batch-size", "4", "--lr", "0.3",
          "--eval-rows", "12", "--shared-skills", "1", "--tensor-ranks", "1", "6", "--tlora-rank", "1",
-         "--fit-steps", "50", "--out", str(out), "--quiet"],
+         "--fit-steps", "50", "--out", str(out), "--loras-dir", str(tmp_path / "loras"), "--quiet"],
         load=lambda: tiny_cross_encoder(tmp_path),
     )
     assert json.loads((out / "lora_library.json").read_text())["rows"].keys() == payload["rows"].keys()
     assert (out / "lora_library.png").stat().st_size > 0
     rows = payload["rows"]
-    assert list(rows) == ["lora", "poly", "poly_s1", "tensorpoly_i_r1", "tensorpoly_i_r6", "tensorpoly_ii", "tlora_r1"]
+    assert list(rows) == ["lora", "poly", "poly_s1", "tensorpoly_i_r1", "tensorpoly_i_r6", "tensorpoly_ii", "tlora_r1",
+                          "base"]
     n_examples = sum(payload["n_eval"].values())
     assert payload["n_eval"] == {"ag_news": 12, "sst2": 12} and payload["n_train"] == {"ag_news": 40, "sst2": 40}
 
@@ -91,9 +92,25 @@ def test_the_library_run_reports_every_import_against_the_loras(script, data_dir
         if row["delta"] is not None:
             assert row["delta"]["estimate"] == pytest.approx(mean - rows["lora"]["mean"])
             assert row["delta"]["low"] <= row["delta"]["estimate"] + 1e-12 <= row["delta"]["high"] + 2e-12
+    assert rows["base"]["adapter_parameters"] == 0 and rows["base"]["error"] is None
+    gain = rows["lora"]["mean"] - rows["base"]["mean"]
+    for row in rows.values():
+        assert row["gain_kept"] == (None if gain <= 0 else pytest.approx((row["mean"] - rows["base"]["mean"]) / gain))
     markdown = (out / "lora_library.md").read_text()
-    for label in ("Poly, exact", "Poly, 1 shared skills", "TensorPoly-I, R=6, N=2", "TLoRA per task, R=1, N=2"):
+    for label in ("Poly, exact", "Poly, 1 shared skills", "TensorPoly-I, R=6, N=2", "TLoRA per task, R=1, N=2",
+                  "no adapter (the base model)"):
         assert f"| {label} |" in markdown
+
+    # The same LoRAs read back (--loras-from) are the same reference, outcome for outcome.
+    again = script.main(
+        ["--data-dir", str(data_dir), "--tasks", *TASKS, "--loras-from", str(tmp_path / "loras"), "--eval-rows", "12",
+         "--shared-skills", "--tensor-ranks", "--tlora-rank", "0", "--out", str(tmp_path / "again"), "--quiet"],
+        load=lambda: tiny_cross_encoder(tmp_path),
+    )
+    assert list(again["rows"]) == ["lora", "poly", "tensorpoly_ii", "base"]
+    assert again["lora_sha256"] == payload["lora_sha256"] and "read from" in again["loras"]
+    for name in ("lora", "poly", "tensorpoly_ii", "base"):
+        assert again["rows"][name]["accuracy"] == rows[name]["accuracy"]
 
 
 def test_rows_come_from_the_split_pools_with_each_task_at_its_library_id(script, data_dir):
