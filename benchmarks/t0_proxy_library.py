@@ -451,7 +451,7 @@ def parser() -> argparse.ArgumentParser:
     parse.add_argument("--max-length", type=int, default=64, help="tokens per (prompt, choice) pair")
     parse.add_argument("--eval-rows", type=int, default=256, help="evaluation rows per task")
     parse.add_argument("--eval-batch-size", type=int, default=64)
-    parse.add_argument("--shared-skills", nargs="*", type=int, default=[1, 2, 3],
+    parse.add_argument("--shared-skills", nargs="*", type=int, default=[1, 2, 3, 4],
                        help="Poly imports with S shared skills (each S below the number of tasks)")
     parse.add_argument("--tensor-ranks", nargs="*", type=int, default=[1, 4, 16],
                        help="TensorPoly-I imports at these tensor ranks per LoRA")
