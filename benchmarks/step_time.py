@@ -692,6 +692,8 @@ def main(argv: list[str] | None = None) -> dict:
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 2 * len(variants) + 2)
     runs = []
     for size in sizes:
+        if args.compile:
+            torch._dynamo.reset()  # each size's models are new: its compiles count from zero, old graphs go
         t0_shape = is_t0_shape(size)
         batch_shape = args.headline_batch if t0_shape else (args.batch_size, args.source_length, args.target_length)
         settings = settings_from_args(args, model_size=size, batch_shape=batch_shape, routing_noise=args.routing_noise)
