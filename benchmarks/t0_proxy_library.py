@@ -3,15 +3,17 @@
     python benchmarks/t0_proxy_library.py --data-dir ../shared/data            # make proxy-library
     python benchmarks/t0_proxy_library.py --data-dir ../shared/data --tasks ag_news trec --steps 20
 
-1. **The library.** One LoRA per task of ``--tasks`` (default: the five ``t0_train`` tasks MiniLM
-   learns: AG News, TREC, IMDB, Rotten Tomatoes, SST-2), each trained alone from its own fresh
-   adapter: the proxy's LoRA (`t0_recipes.methods`, ``minilm``: rank 8 on every BERT linear; the
-   scoring head stays at its seeded init, as in few-shot adaptation), on its task's shot pool
-   (`t0_recipes.data.holdout.split_pools`: up to 500 rows, one random template each), ``--steps``
-   AdamW steps of ``--batch-size`` at ``--lr``. Each is written as a PEFT LoRA folder
-   (`tensoradapt.export_peft_lora`) and read back like anyone's.
-2. **The reference.** Each LoRA on ``--eval-rows`` rows of its task's evaluation pool (rows no
-   LoRA trained on; one seeded template per row, the proxy's protocol).
+1. **The library.** One LoRA per task of ``--tasks`` (default: AG News, TREC, IMDB, Rotten
+   Tomatoes, SST-2), the proxy's LoRA (`t0_recipes.methods`, ``minilm``: rank 8 on every BERT
+   linear), no parameter shared between tasks: they train together with the scoring head, which
+   becomes part of the base every LoRA belongs to (`train_library`; with the head frozen at its
+   random init MiniLM's LoRAs learn topic and nothing else), on the tasks' shot pools
+   (`t0_recipes.data.holdout.split_pools`: up to 500 rows each, one random template per row),
+   ``--steps`` AdamW steps of ``--batch-size`` at ``--lr``. Each is written as a PEFT LoRA folder
+   (`tensoradapt.export_lora_library`) and read back like anyone's.
+2. **The reference.** Each LoRA alone on the base (``from_lora_library(..., "lora")``), on
+   ``--eval-rows`` rows of its task's evaluation pool (rows nothing trained on; one seeded template
+   per row, the proxy's protocol).
 3. **The imports.** `tensoradapt.from_lora_library` into a fresh MiniLM, once per compression,
    then every task through its task id on the same rows:
 
@@ -32,9 +34,8 @@
 ``--loras-from DIR`` skips step 1 and measures the PEFT LoRAs in ``DIR/<task>`` (a run's
 ``--loras-dir``, or any LoRAs of the same base).
 
-Cost on one core (MiniLM, 64-token pairs): training is ~1 s per step of 8 two-choice pairs and
-grows with the choices (TREC has 6); one evaluation of all five tasks at 256 rows is ~1 min; the
-default run is about 35 minutes.
+Cost on one core (MiniLM, 64-token pairs): training is ~1 s per step of 8 examples; one
+evaluation of all five tasks at 256 rows is ~1.5 min; the default run is about 30 minutes.
 """
 
 from __future__ import annotations
@@ -132,24 +133,49 @@ def library_examples(data_dir: str, tasks: Sequence[str], *, eval_rows: int, see
 # ------------------------------------------------------------------------------------------ models
 
 
-def train_lora(base: torch.nn.Module, examples, collator, args: argparse.Namespace, seed: int) -> torch.nn.Module:
-    """A fresh proxy LoRA on a copy of ``base``, trained on ``examples`` (`FewShotAdapter`'s loop)."""
+def train_library(base: torch.nn.Module, train: Mapping[str, list], collator, args: argparse.Namespace):
+    """One LoRA per task and the base's scoring head, trained together on the tasks' shot pools.
+
+    The LoRAs share no parameter: a Poly model with one skill per task (the proxy's LoRA size: rank 8
+    on every BERT linear), identity routing fixed at one-hot rows, so task ``t``'s examples move only
+    skill ``t``. The head trains alongside (a frozen random head leaves MiniLM's LoRAs unable to learn
+    anything but topic). AdamW at ``--lr``, ``--steps`` steps of ``--batch-size`` examples drawn from
+    all tasks, through `t0_recipes.training.train`.
+
+    Returns:
+        ``(model, head)``: the trained model and its head's state (the base every LoRA belongs to).
+    """
     import tensoradapt
     from t0_recipes.methods import adapter_config_for
-    from t0_recipes.presets import get_preset
-    from t0_recipes.scoring.scorers import get_scorer
-    from t0_recipes.training.fewshot import FewShotAdapter
-    from t0_recipes.training.loop import make_accelerator
+    from t0_recipes.scoring.cross_encoder import HEAD_NAME, PairScorer, pair_loss
+    from t0_recipes.training.loop import make_accelerator, train as train_loop
+    from t0_recipes.training.optim import OptimConfig, build_optimization
 
+    tasks = list(train)
     model = copy.deepcopy(base)
+    config = adapter_config_for("poly", "minilm", n_tasks=len(tasks), n_skills=len(tasks),
+                                routing_normalization="identity")
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        tensoradapt.inject(model, adapter_config_for("lora", "minilm"))
-    hparams = dataclasses.replace(get_preset("minilm").fewshot, steps=args.steps, batch_size=args.batch_size,
-                                  lr=args.lr)
-    adapt = FewShotAdapter("lora", "full", hparams, accelerator=make_accelerator(cpu=True), route=None,
-                           scorer=get_scorer("cross_encoder"), progress=not args.quiet)
-    return adapt(model, [dataclasses.replace(e, task_id=0) for e in examples], collator, seed).eval()
+        torch.manual_seed(args.seed)
+        tensoradapt.inject(model, config)
+    for layer in tensoradapt.adapted_layers(model).values():
+        with torch.no_grad():
+            layer.combiner.logits.copy_(torch.eye(len(tasks)))
+    for parameter in tensoradapt.parameter_groups(model)["routing"]:
+        parameter.requires_grad_(False)
+    for parameter in getattr(model, HEAD_NAME).parameters():
+        parameter.requires_grad_(True)
+    module = PairScorer(model, route=tensoradapt.use_routing)
+    optimizer, scheduler = build_optimization(module, OptimConfig(optimizer="adamw", lr=args.lr),
+                                              total_steps=args.steps)
+    examples = [example for task in tasks for example in train[task]]
+    result = train_loop(module, lambda scorer, batch: pair_loss(scorer(**batch), batch["gold"]), examples,
+                        collate_fn=collator, batch_size=args.batch_size, steps=args.steps, optimizer=optimizer,
+                        scheduler=scheduler, accelerator=make_accelerator(cpu=True), seed=args.seed,
+                        progress=not args.quiet, desc="train the library")
+    logger.info("library: %d steps, final loss %.4f in %.0f s", args.steps, result.losses[-1], result.wall_time_s)
+    head = {key: value.detach().clone() for key, value in getattr(model, HEAD_NAME).state_dict().items()}
+    return model.eval(), head
 
 
 def evaluate(model: torch.nn.Module, examples, collator, args: argparse.Namespace, *, routed: bool,
@@ -274,7 +300,8 @@ def markdown(payload: Mapping[str, Any]) -> str:
         ])
     lines.append(markdown_table(headers, table, align=["l"] + ["r"] * (len(headers) - 1)))
     chance = ", ".join(f"{task} {_pct(payload['chance'][task])}" for task in tasks)
-    lines += ["", f"Chance: {chance}.",
+    norms = ", ".join(f"{task} {payload['update_norms'][task]:.3g}" for task in tasks)
+    lines += ["", f"Chance: {chance}. Each LoRA's update norm over all layers, sqrt(sum ||s A B||_F^2): {norms}.",
               "", "Per-task relative error of the fitted imports:", ""]
     fitted = [(name, row) for name, row in rows.items() if row.get("error") is not None]
     lines.append(markdown_table(["import", *tasks],
@@ -319,6 +346,8 @@ def plot(payload: Mapping[str, Any], path: Path) -> Path:
     return path
 
 
+#: The trained scoring head, saved beside the LoRA folders (the base model every LoRA belongs to).
+HEAD_FILE = "head.safetensors"
 #: The row of the model without adapter.
 BASE = "base"
 LABELS = {"lora": "the LoRAs (reference)", "poly": "Poly, exact", BASE: "no adapter (the base model)"}
@@ -351,6 +380,9 @@ def run(args: argparse.Namespace, argv: Sequence[str],
     from t0_recipes.data.tasks import get_task
     from t0_recipes.scoring.cross_encoder import load_cross_encoder
     from t0_recipes.scoring.scorers import get_scorer
+    from safetensors.torch import load_file, save_file
+
+    from t0_recipes.scoring.cross_encoder import HEAD_NAME
     from tensoradapt.peft_lora import read_peft_lora
 
     start = time.perf_counter()
@@ -361,19 +393,26 @@ def run(args: argparse.Namespace, argv: Sequence[str],
     timings: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as scratch:
         loras_dir = Path(args.loras_dir) if args.loras_dir else Path(scratch)
-        folders, reference, hashes = {}, {}, {}
-        for task_id, task in enumerate(tqdm(args.tasks, desc="the library", unit="LoRA", disable=args.quiet)):
+        if args.loras_from:
+            folders = {task: Path(args.loras_from) / task for task in args.tasks}
+            head_file = Path(args.loras_from) / HEAD_FILE
+            if head_file.is_file():
+                getattr(base, HEAD_NAME).load_state_dict(load_file(head_file))
+            timings["train"] = 0.0
+        else:
             clock = time.perf_counter()
-            if args.loras_from:
-                folders[task] = Path(args.loras_from) / task
-                model = tensoradapt.from_lora_library(copy.deepcopy(base), {task: folders[task]}, "lora").model
-            else:
-                model = train_lora(base, train[task], collator, args, seed=args.seed + task_id)
-                folders[task] = tensoradapt.export_peft_lora(model, loras_dir / task)
-            timings[f"train {task}"] = time.perf_counter() - clock
+            trained, head = train_library(base, train, collator, args)
+            timings["train"] = time.perf_counter() - clock
+            folders = tensoradapt.export_lora_library(trained, loras_dir, names=list(args.tasks)).paths
+            getattr(base, HEAD_NAME).load_state_dict(head)
+            save_file(head, loras_dir / HEAD_FILE)
+            del trained
+        reference, hashes = {}, {}
+        for task in tqdm(args.tasks, desc="each LoRA alone", unit="LoRA", disable=args.quiet):
+            model = tensoradapt.from_lora_library(copy.deepcopy(base), {task: folders[task]}, "lora").model
             reference[task] = evaluate(model, evaluation[task], collator, args, routed=False, desc=f"{task} LoRA")
             hashes[task] = _sha256(folders[task])
-            logger.info("%s: LoRA accuracy %.3f (%.0f s)", task, np.mean(reference[task]), timings[f"train {task}"])
+            logger.info("%s: LoRA accuracy %.3f", task, np.mean(reference[task]))
         loras = {task: read_peft_lora(folder) for task, folder in folders.items()}
         outcomes = {BASE: {task: evaluate(base, evaluation[task], collator, args, routed=False, desc=f"{task} base")
                            for task in args.tasks}}
@@ -395,6 +434,8 @@ def run(args: argparse.Namespace, argv: Sequence[str],
                     per_task[task] = evaluate(result.model, examples, collator, args, routed=routed,
                                               desc=f"{task} {compression.name}")
             outcomes[compression.name] = per_task
+            if compression.name == "poly":
+                update_norms = dict(imports[0][1].update_norms)
             details[compression.name] = {
                 "label": _label(compression), "method": compression.method, "options": dict(compression.options),
                 "adapter_parameters": _adapter_parameters(imports), "fit_s": fit_s,
@@ -414,12 +455,14 @@ def run(args: argparse.Namespace, argv: Sequence[str],
         "tasks": list(args.tasks),
         "lora_rank": max(lora.max_rank for lora in loras.values()),
         "loras": f"read from {args.loras_from}" if args.loras_from else
-        f"each trained alone on its task's shot pool ({args.steps} steps of {args.batch_size}, lr {args.lr:g})",
+        f"one per task, no parameter shared, trained with the scoring head on the tasks' shot pools ({args.steps} "
+        f"steps of {args.batch_size} examples from all tasks, AdamW lr {args.lr:g})",
         "n_eval": {task: len(evaluation[task]) for task in args.tasks},
         "n_train": {task: len(train[task]) for task in args.tasks},
         "chance": {task: 1.0 / get_task(task).n_choices for task in args.tasks},
         "settings": {key: value for key, value in vars(args).items() if key not in ("quiet",)},
         "lora_sha256": hashes,
+        "update_norms": update_norms,
         "rows": rows,
         "timings_s": timings,
         "wall_time_s": time.perf_counter() - start,
@@ -443,11 +486,12 @@ def parser() -> argparse.ArgumentParser:
     parse.add_argument("--out", default=str(RESULTS), help="where lora_library.{json,md,png} go")
     parse.add_argument("--loras-dir", default=None, help="keep the trained LoRA folders here (default: deleted)")
     parse.add_argument("--loras-from", default=None,
-                       help="measure these PEFT LoRAs instead of training: <dir>/<task> per task of --tasks "
-                            "(a run's --loras-dir, or anyone's LoRAs of the same base)")
-    parse.add_argument("--steps", type=int, default=100, help="training steps of each LoRA")
+                       help="measure these PEFT LoRAs instead of training: <dir>/<task> per task of --tasks, and "
+                            f"<dir>/{HEAD_FILE} as the scoring head if present (a run's --loras-dir, or anyone's "
+                            "LoRAs of the same base)")
+    parse.add_argument("--steps", type=int, default=300, help="training steps of the library (all tasks together)")
     parse.add_argument("--batch-size", type=int, default=8)
-    parse.add_argument("--lr", type=float, default=3e-3, help="AdamW learning rate of each LoRA")
+    parse.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate of the LoRAs and the head")
     parse.add_argument("--max-length", type=int, default=64, help="tokens per (prompt, choice) pair")
     parse.add_argument("--eval-rows", type=int, default=256, help="evaluation rows per task")
     parse.add_argument("--eval-batch-size", type=int, default=64)
@@ -458,7 +502,7 @@ def parser() -> argparse.ArgumentParser:
     parse.add_argument("--tlora-rank", type=int, default=4, help="TLoRA import per task at this rank (0: none)")
     parse.add_argument("--order", type=int, default=2, help="tensor order of the fitted imports")
     parse.add_argument("--fit-steps", type=int, default=200, help="L-BFGS steps of the shared-skill fit per layer")
-    parse.add_argument("--seed", type=int, default=0, help="templates of the training rows; LoRA i uses seed + i")
+    parse.add_argument("--seed", type=int, default=0, help="the LoRAs' init, the batches and the training templates")
     parse.add_argument("--threads", type=int, default=1, help="torch threads")
     parse.add_argument("--quiet", action="store_true", help="no progress bars")
     return parse
