@@ -52,8 +52,8 @@ proxy-one: $(STAMP)
 	$(PY) benchmarks/t0_proxy.py --data-dir $(DATA) --methods $(METHOD) --out runs/t0_proxy_$(METHOD)
 
 # What compressing a library of LoRAs costs: five MiniLM LoRAs (AG News, TREC, IMDB, Rotten Tomatoes,
-# SST-2), each trained alone, imported exactly, with shared skills, as TensorPoly-I / -II and TLoRA, and
-# evaluated on held-out rows (benchmarks/t0_proxy_library.py): about 35 min on one core.
+# SST-2) that share no parameter, trained with the scoring head, imported exactly, with shared skills, as
+# TensorPoly-I / -II and TLoRA, and evaluated on held-out rows (benchmarks/t0_proxy_library.py): 38 min on one core.
 proxy-library: $(STAMP)
 	$(PY) benchmarks/t0_proxy_library.py --data-dir $(DATA)
 

@@ -35,7 +35,7 @@
 ``--loras-dir``, or any LoRAs of the same base).
 
 Cost on one core (MiniLM, 64-token pairs): training is ~1 s per step of 8 examples; one
-evaluation of all five tasks at 256 rows is ~1.5 min; the default run is about 30 minutes.
+evaluation of all five tasks at 256 rows is ~2 min; the default run took 38 minutes.
 """
 
 from __future__ import annotations
@@ -134,23 +134,27 @@ def library_examples(data_dir: str, tasks: Sequence[str], *, eval_rows: int, see
 # ------------------------------------------------------------------------------------------ models
 
 
-def train_library(base: torch.nn.Module, train: Mapping[str, list], collator, args: argparse.Namespace):
+def train_library(base: torch.nn.Module, train: Mapping[str, list], collator, args: argparse.Namespace,
+                  output_dir: Path):
     """One LoRA per task and the base's scoring head, trained together on the tasks' shot pools.
 
     The LoRAs share no parameter: a Poly model with one skill per task (the proxy's LoRA size: rank 8
     on every BERT linear), identity routing fixed at one-hot rows, so task ``t``'s examples move only
     skill ``t``. The head trains alongside (a frozen random head leaves MiniLM's LoRAs unable to learn
-    anything but topic). AdamW at ``--lr``, ``--steps`` steps of ``--batch-size`` examples drawn from
-    all tasks, through `t0_recipes.training.train`.
+    anything but topic). `t0_recipes.training.pretrain.pretrain` runs it, as the proxy's multi-task
+    pre-training: AdamW at ``--lr``, ``--steps`` steps of ``--batch-size`` examples drawn from all
+    tasks, its checkpoint written under ``output_dir``.
 
     Returns:
         ``(model, head)``: the trained model and its head's state (the base every LoRA belongs to).
     """
     import tensoradapt
     from t0_recipes.methods import adapter_config_for
-    from t0_recipes.scoring.cross_encoder import HEAD_NAME, PairScorer, pair_loss
-    from t0_recipes.training.loop import make_accelerator, train as train_loop
-    from t0_recipes.training.optim import OptimConfig, build_optimization
+    from t0_recipes.presets import PretrainHParams
+    from t0_recipes.scoring.cross_encoder import HEAD_NAME
+    from t0_recipes.scoring.scorers import get_scorer
+    from t0_recipes.training.loop import make_accelerator
+    from t0_recipes.training.pretrain import pretrain
 
     tasks = list(train)
     model = copy.deepcopy(base)
@@ -164,16 +168,11 @@ def train_library(base: torch.nn.Module, train: Mapping[str, list], collator, ar
             layer.combiner.logits.copy_(torch.eye(len(tasks)))
     for parameter in tensoradapt.parameter_groups(model)["routing"]:
         parameter.requires_grad_(False)
-    for parameter in getattr(model, HEAD_NAME).parameters():
-        parameter.requires_grad_(True)
-    module = PairScorer(model, route=tensoradapt.use_routing)
-    optimizer, scheduler = build_optimization(module, OptimConfig(optimizer="adamw", lr=args.lr),
-                                              total_steps=args.steps)
-    examples = [example for task in tasks for example in train[task]]
-    result = train_loop(module, lambda scorer, batch: pair_loss(scorer(**batch), batch["gold"]), examples,
-                        collate_fn=collator, batch_size=args.batch_size, steps=args.steps, optimizer=optimizer,
-                        scheduler=scheduler, accelerator=make_accelerator(cpu=True), seed=args.seed,
-                        progress=not args.quiet, desc="train the library")
+    hparams = PretrainHParams(optimizer="adamw", lr_modules=args.lr, steps=args.steps, batch_size=args.batch_size,
+                              precision="fp32", max_length=args.max_length)
+    result = pretrain(model, [example for task in tasks for example in train[task]], collator, hparams,
+                      accelerator=make_accelerator(cpu=True), with_task_ids=True, scorer=get_scorer("cross_encoder"),
+                      output_dir=output_dir, seed=args.seed, progress=not args.quiet)
     logger.info("library: %d steps, final loss %.4f in %.0f s", args.steps, result.losses[-1], result.wall_time_s)
     head = {key: value.detach().clone() for key, value in getattr(model, HEAD_NAME).state_dict().items()}
     return model.eval(), head
@@ -405,7 +404,7 @@ def run(args: argparse.Namespace, argv: Sequence[str],
             timings["train"] = 0.0
         else:
             clock = time.perf_counter()
-            trained, head = train_library(base, train, collator, args)
+            trained, head = train_library(base, train, collator, args, Path(scratch) / "pretrain")
             timings["train"] = time.perf_counter() - clock
             folders = tensoradapt.export_lora_library(trained, loras_dir, names=list(args.tasks)).paths
             getattr(base, HEAD_NAME).load_state_dict(head)
