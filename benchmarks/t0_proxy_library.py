@@ -49,7 +49,6 @@ import random
 import sys
 import tempfile
 import time
-import zlib
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -204,26 +203,6 @@ def import_library(base: torch.nn.Module, folders: Mapping[str, Path], compressi
 # ------------------------------------------------------------------------------------------ report
 
 
-def paired_interval(ours: Mapping[str, Sequence[int]], reference: Mapping[str, Sequence[int]], *,
-                    n_boot: int = 2000, seed: int = 0) -> dict[str, float]:
-    """Mean over tasks of accuracy minus the reference's, with a paired bootstrap 95 % interval.
-
-    Each resample draws every task's examples with replacement (the same draw for both sides, from
-    a stream of ``seed`` and the task's name), so the interval reflects which rows were evaluated.
-    """
-    differences = np.zeros(n_boot)
-    estimate = 0.0
-    for task in reference:
-        a, b = np.asarray(ours[task], dtype=np.float64), np.asarray(reference[task], dtype=np.float64)
-        n = a.size
-        draws = np.random.default_rng([seed, zlib.crc32(task.encode())]).integers(0, n, size=(n_boot, n))
-        differences += (a[draws] - b[draws]).mean(axis=1)
-        estimate += float((a - b).mean())
-    differences /= len(reference)
-    low, high = np.percentile(differences, [2.5, 97.5])
-    return {"estimate": estimate / len(reference), "low": float(low), "high": float(high)}
-
-
 def _adapter_parameters(imports) -> int:
     import tensoradapt
 
@@ -245,8 +224,11 @@ def summarize(outcomes: Mapping[str, Mapping[str, list[int]]], reference: Mappin
     """Accuracy per task and mean, and the paired difference from the reference, per compression.
 
     With a `BASE` row (the model without adapter), ``gain_kept`` is each row's share of the LoRAs'
-    gain over it: ``(mean - base mean) / (LoRAs' mean - base mean)``.
+    gain over it: ``(mean - base mean) / (LoRAs' mean - base mean)``. ``delta``: the proxy's paired
+    bootstrap (`paired_mean_difference`: every task resampled alone, tasks weigh equally).
     """
+    from t0_recipes.reporting.experiment import paired_mean_difference
+
     rows = {}
     for name, per_task in {"lora": reference, **outcomes}.items():
         accuracy = {task: float(np.mean(per_task[task])) for task in tasks}
@@ -254,7 +236,7 @@ def summarize(outcomes: Mapping[str, Mapping[str, list[int]]], reference: Mappin
             **details.get(name, {}),
             "accuracy": accuracy,
             "mean": float(np.mean(list(accuracy.values()))),
-            "delta": None if name == "lora" else paired_interval(per_task, reference),
+            "delta": None if name == "lora" else paired_mean_difference(per_task, reference),
             "outcomes_equal_reference": sum(int(a == b) for t in tasks for a, b in zip(per_task[t], reference[t])),
         }
     if BASE in rows:

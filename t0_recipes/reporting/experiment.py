@@ -64,9 +64,12 @@ __all__ = [
     "DEFAULT_N_CHOICES",
     "ROUTING_VARIANTS",
     "VARIANTS",
+    "bootstrap_counts",
     "load_run_records",
     "main",
     "markdown_table",
+    "paired_mean_difference",
+    "percentile_interval",
     "plot_experiment",
     "summarize_experiment",
     "validate_run_record",
@@ -264,16 +267,45 @@ def _collect(records: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str], dict
     return runs
 
 
-def _counts(n: int, n_boot: int, rng: np.random.Generator) -> np.ndarray:
-    """How often each of ``n`` examples is drawn in each of ``n_boot`` resamples (``r n``, float64)."""
-    draws = rng.integers(0, n, size=(n_boot, n))
+def bootstrap_counts(task: str, n: int, *, n_boot: int, seed: int) -> np.ndarray:
+    """How often each of task ``task``'s ``n`` examples is drawn in each of ``n_boot`` resamples.
+
+    The draw comes from a stream of ``seed``, the task's name and ``n``, so every comparison of
+    the same examples (across methods, variants, seeds or benchmarks) resamples them alike.
+
+    Returns:
+        ``(n_boot, n)``, float64; row ``i`` sums to ``n``.
+    """
+    draws = np.random.default_rng([seed, zlib.crc32(task.encode()), n]).integers(0, n, size=(n_boot, n))
     flat = (draws + (np.arange(n_boot) * n)[:, None]).ravel()
     return np.bincount(flat, minlength=n_boot * n).reshape(n_boot, n).astype(np.float64)
 
 
-def _interval(values: np.ndarray, estimate: float) -> dict[str, float]:
+def percentile_interval(values: np.ndarray, estimate: float) -> dict[str, float]:
+    """``{"estimate", "low", "high"}``: ``estimate`` and the 2.5 / 97.5 percentiles of the replicates ``values``."""
     low, high = np.percentile(values, [2.5, 97.5])
     return {"estimate": float(estimate), "low": float(low), "high": float(high)}
+
+
+def paired_mean_difference(
+    ours: Mapping[str, Sequence[int]], reference: Mapping[str, Sequence[int]], *, n_boot: int = 2000, seed: int = 0
+) -> dict[str, float]:
+    """Mean over ``reference``'s tasks of our accuracy minus the reference's, with a paired bootstrap 95 % interval.
+
+    One run per side (no seeds): ``ours[task]`` and ``reference[task]`` are the right / wrong
+    (1 / 0) outcomes of the same examples in the same order. Each replicate resamples every
+    task's examples alone (`bootstrap_counts`, the same draw for both sides), and tasks weigh
+    equally whatever their size.
+    """
+    replicates = np.zeros(n_boot)
+    estimate = 0.0
+    for task in reference:
+        a, b = np.asarray(ours[task], dtype=np.float64), np.asarray(reference[task], dtype=np.float64)
+        if a.shape != b.shape:
+            raise ValueError(f"task {task!r}: {a.size} outcomes against the reference's {b.size}; they must pair")
+        replicates += bootstrap_counts(task, a.size, n_boot=n_boot, seed=seed) @ (a - b) / a.size
+        estimate += float((a - b).mean())
+    return percentile_interval(replicates / len(reference), estimate / len(reference))
 
 
 def _task_stats(seeds: Mapping[int | None, np.ndarray]) -> dict[str, Any]:
@@ -432,7 +464,7 @@ def _routing_deltas(
                                method, task, sorted(sizes))
                 continue
             n = sizes.pop()
-            weights = _counts(n, n_boot, np.random.default_rng([seed, zlib.crc32(task.encode()), n]))
+            weights = bootstrap_counts(task, n, n_boot=n_boot, seed=seed)
             for variant in having:
                 columns = np.stack(list(runs[variant, method]["tasks"][task].values()), axis=1).astype(np.float64)
                 boot.setdefault(task, {})[variant] = np.median(weights @ columns / n, axis=1)  # r n, n k -> r k -> r
@@ -504,8 +536,7 @@ def _bootstrap_medians(
             columns = [c for method in having for c in runs[variant, method]["tasks"][task].values()]
             n = columns[0].size
             if n not in weights:
-                rng = np.random.default_rng([seed, zlib.crc32(task.encode()), n])
-                weights[n] = _counts(n, n_boot, rng)
+                weights[n] = bootstrap_counts(task, n, n_boot=n_boot, seed=seed)
             accuracy = weights[n] @ np.stack(columns, axis=1).astype(np.float64) / n  # r n, n k -> r k
             medians, start = {}, 0
             for method in having:
@@ -534,7 +565,7 @@ def _fill_deltas(
         per_task = {}
         for task in common:
             replicates = boot_median[task][method] - boot_median[task][baseline]
-            per_task[task] = _interval(replicates, entry["tasks"][task]["median"] - base[task]["median"])
+            per_task[task] = percentile_interval(replicates, entry["tasks"][task]["median"] - base[task]["median"])
         common_t0 = [task for task in common if task in HELD_OUT]
         entry["delta"] = {
             "baseline": baseline,
@@ -561,7 +592,7 @@ def _mean_delta(
     replicates = (np.mean([boot_median[task][method] for task in common], axis=0)
                   - np.mean([boot_median[task][baseline] for task in common], axis=0))
     estimate = np.mean([ours[t]["median"] for t in common]) - np.mean([theirs[t]["median"] for t in common])
-    return _interval(replicates, float(estimate))
+    return percentile_interval(replicates, float(estimate))
 
 
 # ---------------------------------------------------------------------------------------------

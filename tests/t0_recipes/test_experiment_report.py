@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 
 from t0_recipes.reporting.experiment import (
+    bootstrap_counts,
     load_run_records,
     main,
     markdown_table,
+    paired_mean_difference,
     plot_experiment,
     summarize_experiment,
     write_experiment,
@@ -281,3 +283,39 @@ def test_a_held_out_cluster_is_labelled_and_averaged_apart_from_the_t0_tasks(tmp
     assert json.loads(paths["json"].read_text())["cluster_tasks"] == ["ag_news", "trec"]
     plain = markdown_table(summarize_experiment(_basic_records(), n_boot=10))
     assert "‡" not in plain and "T0 mean" not in plain  # no cluster: one mean, as before
+
+
+def test_the_paired_mean_difference_weighs_tasks_equally_and_resamples_each_alone():
+    same = {"a": [1, 0, 1], "b": [0, 1]}
+    assert paired_mean_difference(same, same) == {"estimate": 0.0, "low": 0.0, "high": 0.0}
+    ones, zeros = {"a": [1, 1, 1], "b": [1, 1]}, {"a": [0, 0, 0], "b": [0, 0]}
+    assert paired_mean_difference(ones, zeros) == {"estimate": 1.0, "low": 1.0, "high": 1.0}
+    # Tasks weigh equally whatever their size: (1/4 + 1/1) / 2, not 2/5 pooled.
+    ours, reference = {"a": [1, 0, 0, 0], "b": [1]}, {"a": [0, 0, 0, 0], "b": [0]}
+    interval = paired_mean_difference(ours, reference, n_boot=4000)
+    assert interval["estimate"] == pytest.approx(0.625)
+    # A resample of task a holds X ~ Binomial(4, 1/4) hits: P(X = 0) = 0.32 and P(X = 4) = 0.004 < 2.5 % <
+    # P(X >= 3) = 0.05, so the interval is (0 / 4 + 1) / 2 to (3 / 4 + 1) / 2.
+    assert (interval["low"], interval["high"]) == pytest.approx((0.5, 0.875))
+    with pytest.raises(ValueError, match="'a': 3 outcomes against the reference's 4"):
+        paired_mean_difference({"a": [1, 0, 1]}, {"a": [1, 0, 1, 1]})
+
+
+def test_one_run_per_side_gets_the_experiments_own_interval():
+    """The library benchmark's Δ is the proxy's: one seed per method, the same replicates, the same interval."""
+    rng = np.random.default_rng(7)
+    outcomes = {name: {task: rng.integers(0, 2, size).tolist() for task, size in (("rte", 30), ("cb", 17))}
+                for name in ("lora", "poly")}
+    records = [_record(name, "fewshot", {task: [c] for task, c in per_task.items()}, seeds=(0,))
+               for name, per_task in outcomes.items()]
+    delta = summarize_experiment(records, n_boot=500, seed=5)["runs"]["fewshot"]["poly"]["delta"]["mean"]
+    assert paired_mean_difference(outcomes["poly"], outcomes["lora"], n_boot=500, seed=5) == pytest.approx(delta, abs=1e-12)
+
+
+def test_bootstrap_counts_are_one_stream_per_task_and_size():
+    counts = bootstrap_counts("rte", 9, n_boot=300, seed=2)
+    assert counts.shape == (300, 9) and counts.dtype == np.float64
+    assert (counts.sum(axis=1) == 9).all() and (counts >= 0).all()
+    assert (bootstrap_counts("rte", 9, n_boot=300, seed=2) == counts).all()
+    for other in (bootstrap_counts("cb", 9, n_boot=300, seed=2), bootstrap_counts("rte", 9, n_boot=300, seed=3)):
+        assert (other != counts).any()

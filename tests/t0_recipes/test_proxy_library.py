@@ -131,21 +131,6 @@ def test_rows_come_from_the_split_pools_with_each_task_at_its_library_id(script,
         assert len(shots) == 40 and len(held) == 40  # training rows from one pool, evaluation from the other
 
 
-def test_the_paired_interval_is_the_mean_over_tasks_of_paired_differences(script):
-    same = {"a": [1, 0, 1], "b": [0, 1]}
-    assert script.paired_interval(same, same) == {"estimate": 0.0, "low": 0.0, "high": 0.0}
-    ones = {"a": [1, 1, 1], "b": [1, 1]}
-    zeros = {"a": [0, 0, 0], "b": [0, 0]}
-    assert script.paired_interval(ones, zeros) == {"estimate": 1.0, "low": 1.0, "high": 1.0}
-    # Tasks weigh equally whatever their size: (1/4 + 1/1) / 2, not 2/5 pooled.
-    ours, reference = {"a": [1, 0, 0, 0], "b": [1]}, {"a": [0, 0, 0, 0], "b": [0]}
-    interval = script.paired_interval(ours, reference, n_boot=4000)
-    assert interval["estimate"] == pytest.approx(0.625)
-    # A resample of task a holds X ~ Binomial(4, 1/4) hits: P(X = 0) = 0.32 and P(X = 4) = 0.004 < 2.5 % <
-    # P(X >= 3) = 0.05, so the interval is (0 / 4 + 1) / 2 to (3 / 4 + 1) / 2.
-    assert (interval["low"], interval["high"]) == pytest.approx((0.5, 0.875))
-
-
 @pytest.mark.parametrize("flags, message", [
     (["--tasks", "ag_news"], "at least two different tasks"),
     (["--tensor-ranks", "0"], "--tensor-ranks"),
