@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 # Real task rows for the MiniLM proxy (t0_train/, t0_fewshot/, t0_validation/).
 DATA ?= ../shared/data
 
-.PHONY: venv demo test test-slow docs bench proxy proxy-one proxy-library clean
+.PHONY: venv demo test test-slow docs bench bench-gpu proxy proxy-one proxy-library clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,11 @@ bench: $(STAMP)
 	$(PY) benchmarks/inference.py --json benchmarks/results/inference.json
 	$(PY) benchmarks/scaling.py --json benchmarks/results/scaling.json
 	$(PY) benchmarks/serving.py --json benchmarks/results/serving.json
+
+# The speed benchmarks on a GPU in one command: eager and compiled step time, mixed-task serving, CUDA bf16,
+# a 300 s budget (benchmarks/gpu_suite.py). Install a CUDA torch first: make TORCH_SPEC="torch" bench-gpu
+bench-gpu: $(STAMP)
+	$(PY) benchmarks/gpu_suite.py
 
 # The real-model proxy of the T0 protocol: all seven methods, pre-trained, zero-shot, 32-shot with
 # 5 seeds and without pre-training (3 seeds), on all-MiniLM-L6-v2, on the nine T0 tasks and T0's topic

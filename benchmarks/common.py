@@ -391,9 +391,15 @@ def bar_chart(
 
 
 def write_outputs(path: Path, payload: dict | list, markdown: str | None = None) -> None:
-    """Write ``payload`` as JSON to ``path`` and ``markdown`` to ``path`` with suffix ``.md``."""
+    """Write ``payload`` as JSON to ``path`` and ``markdown`` to ``path`` with suffix ``.md``.
+
+    Each file atomically (`tensoradapt.atomic.atomic_write`): a run stopped while writing (the GPU
+    suite stops a part at its time limit) leaves the previous complete file, never half of one.
+    """
+    from tensoradapt.atomic import atomic_write
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=2) + "\n")
+    text = json.dumps(payload, indent=2) + "\n"
+    atomic_write(path, lambda temporary: Path(temporary).write_text(text))
     if markdown is not None:
-        path.with_suffix(".md").write_text(markdown.rstrip() + "\n")
+        atomic_write(path.with_suffix(".md"), lambda temporary: Path(temporary).write_text(markdown.rstrip() + "\n"))
