@@ -41,8 +41,8 @@ def relaxed_bernoulli_rsample(logits: torch.Tensor, temperature: float) -> torch
     the objects cost more than the arithmetic on small routers.
     """
     eps = torch.finfo(logits.dtype).eps
-    probs = torch.sigmoid(logits).clamp(min=eps, max=1 - eps)
     uniforms = torch.rand(logits.shape, dtype=logits.dtype, device=logits.device).clamp(min=eps, max=1 - eps)
+    probs = torch.sigmoid(logits).clamp(min=eps, max=1 - eps)
     noisy = uniforms.log() - (-uniforms).log1p() + probs.log() - (-probs).log1p()
     if temperature != 1.0:
         noisy = noisy / temperature
