@@ -291,6 +291,8 @@ def markdown(payload: Mapping[str, Any]) -> str:
                                  for _, row in fitted], align=["l"] + ["r"] * len(tasks)))
     lines += ["", f"Command: `python benchmarks/t0_proxy_library.py {payload['command']}`; "
               f"{payload['wall_time_s'] / 60:.0f} min, {payload['environment']['torch_threads']} thread(s)."]
+    if payload.get("delta_recomputed"):  # the intervals of a later evaluation of the same LoRAs (sha256 equal)
+        lines += ["", f"Δ intervals: {payload['delta_recomputed']}"]
     return "\n".join(lines) + "\n"
 
 
@@ -298,21 +300,20 @@ def plot(payload: Mapping[str, Any], path: Path) -> Path:
     """Accuracy Δ against the reconstruction error, one point per fitted import (interval bars)."""
     import matplotlib.pyplot as plt
 
-    figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.6))
+    figure, (left, right) = plt.subplots(1, 2, figsize=(13, 4.8))
     library = payload["rows"]["lora"]["adapter_parameters"]
-    for axis, x_of in ((left, lambda row: row["error"]["overall"] if row.get("error") else 0.0),
-                       (right, lambda row: row["adapter_parameters"] / library)):
-        labels: dict[tuple[str, float], tuple[float, float, list[str]]] = {}  # one label per spot
-        for name, row in payload["rows"].items():
-            if row["delta"] is None or name == BASE:
-                continue
-            delta, x = row["delta"], x_of(row)
-            bars = [[100 * (delta["estimate"] - delta["low"])], [100 * (delta["high"] - delta["estimate"])]]
-            axis.errorbar([x], [100 * delta["estimate"]], yerr=bars, fmt="o", capsize=3)
-            spot = (f"{x:.1g}", round(100 * delta["estimate"], 1))  # e.g. TLoRA per task and TensorPoly-I's blocks
-            labels.setdefault(spot, (x, 100 * delta["estimate"], []))[2].append(row["label"])
-        for x, y, names in labels.values():
-            axis.annotate(" = ".join(names), (x, y), textcoords="offset points", xytext=(5, 4), fontsize=7)
+    shown = [(name, row) for name, row in payload["rows"].items() if row["delta"] is not None and name != BASE]
+    markers = "osD^vP*Xhp<>"
+    for index, (name, row) in enumerate(shown):
+        delta = row["delta"]
+        bars = [[100 * (delta["estimate"] - delta["low"])], [100 * (delta["high"] - delta["estimate"])]]
+        # one colour and marker per import in both panels, named in one legend: imports that coincide
+        # (TLoRA per task and TensorPoly-I of the same R) stay told apart, where labels on the points overlapped
+        style = {"fmt": markers[index % len(markers)], "color": plt.cm.tab20(index % 20), "capsize": 3,
+                 "markersize": 6, "alpha": 0.85}
+        error = row["error"]["overall"] if row.get("error") else 0.0
+        left.errorbar([error], [100 * delta["estimate"]], yerr=bars, label=row["label"], **style)
+        right.errorbar([row["adapter_parameters"] / library], [100 * delta["estimate"]], yerr=bars, **style)
     left.set_xlabel("relative error of the task updates (all layers)")
     right.set_xlabel("adapter parameters / the LoRA library's")
     right.set_xscale("log")
@@ -321,11 +322,11 @@ def plot(payload: Mapping[str, Any], path: Path) -> Path:
         axis.axhline(0.0, color="0.5", linewidth=0.8)
         if base is not None:
             axis.axhline(100 * base["delta"]["estimate"], color="0.5", linestyle="--", linewidth=0.8,
-                         label="no adapter")
-            axis.legend(loc="lower left", fontsize=8)
+                         label="no adapter" if axis is left else None)
         axis.set_ylabel("mean accuracy − the LoRAs' (points)")
+    figure.legend(loc="center left", bbox_to_anchor=(0.8, 0.5), fontsize=8, frameon=False)
     figure.suptitle(f"Compressing {len(payload['tasks'])} MiniLM LoRAs: accuracy cost (95 % paired bootstrap)")
-    figure.tight_layout()
+    figure.tight_layout(rect=(0, 0, 0.8, 1))
     figure.savefig(path, dpi=110)
     plt.close(figure)
     return path
