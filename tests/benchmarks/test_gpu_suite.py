@@ -95,6 +95,12 @@ def test_bad_flags_are_refused(load_benchmark, tmp_path, capsys):
         with pytest.raises(SystemExit):
             suite.main(["--device", "cpu", "--out", str(tmp_path), *argv])
         assert message in capsys.readouterr().err
+    import torch
+
+    if not torch.cuda.is_available():  # the default device: refused before any part starts
+        with pytest.raises(SystemExit):
+            suite.main(["--out", str(tmp_path)])
+        assert "CUDA is not available here; use --device cpu" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
 
 
