@@ -36,6 +36,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/contraction.py --json benchmarks/results/contraction.json
 	$(PY) benchmarks/param_table.py --json benchmarks/results/param_table.json
 	$(PY) benchmarks/step_time.py --json benchmarks/results/step_time.json
+	$(PY) benchmarks/layer_overhead.py --json benchmarks/results/layer_overhead.json
 	$(PY) benchmarks/inference.py --json benchmarks/results/inference.json
 	$(PY) benchmarks/scaling.py --json benchmarks/results/scaling.json
 	$(PY) benchmarks/serving.py --json benchmarks/results/serving.json
