@@ -42,6 +42,7 @@ __all__ = [
     "RESULTS_DIR",
     "T5_SIZES",
     "T5_TARGETS",
+    "add_adapter_arguments",
     "add_common_arguments",
     "apply_threads",
     "bar_chart",
@@ -85,6 +86,20 @@ def add_common_arguments(parser, *, default_json: Path, default_repeats: int) ->
     parser.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="seconds-long run for smoke tests")
+
+
+def add_adapter_arguments(parser, *, n_tasks_help: str = "tasks of the routed methods") -> None:
+    """The adapter hyper-parameters every speed benchmark takes, with the defaults of the T0-3B recipes' speed view.
+
+    ``--lora-rank`` (r, 16), ``--tensor-rank`` (R, 8), ``--order`` (N, 2), ``--n-skills`` (S, 8),
+    ``--n-heads`` (H, 64, MHR), ``--n-tasks`` (313, T0's training tasks).
+    """
+    parser.add_argument("--lora-rank", type=int, default=16, help="LoRA rank r")
+    parser.add_argument("--tensor-rank", type=int, default=8, help="tensor rank R of the TLoRA-based methods")
+    parser.add_argument("--order", type=int, default=2, help="tensor order N of the TLoRA-based methods")
+    parser.add_argument("--n-skills", type=int, default=8, help="skills S of Poly and MHR")
+    parser.add_argument("--n-heads", type=int, default=64, help="heads H of MHR")
+    parser.add_argument("--n-tasks", type=int, default=313, help=n_tasks_help)
 
 
 def apply_threads(threads: int) -> None:

@@ -44,6 +44,7 @@ from common import (  # noqa: E402
     DTYPES,
     RESULTS_DIR,
     T5_SIZES,
+    add_adapter_arguments,
     add_common_arguments,
     apply_threads,
     bar_chart,
@@ -278,12 +279,7 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--source-length", type=int, default=64)
     parser.add_argument("--target-length", type=int, default=16)
-    parser.add_argument("--lora-rank", type=int, default=16)
-    parser.add_argument("--tensor-rank", type=int, default=8)
-    parser.add_argument("--order", type=int, default=2)
-    parser.add_argument("--n-skills", type=int, default=8)
-    parser.add_argument("--n-heads", type=int, default=64)
-    parser.add_argument("--n-tasks", type=int, default=313)
+    add_adapter_arguments(parser)
     parser.add_argument("--min-sample-s", type=float, default=0.05, help="repeat a call until a sample lasts this long")
     parser.add_argument("--methods", default=",".join(MERGEABLE),
                         help="comma-separated subset of " + ",".join(MERGEABLE))

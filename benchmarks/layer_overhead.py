@@ -34,6 +34,7 @@ import tensoradapt  # noqa: E402
 from common import (  # noqa: E402
     DTYPES,
     RESULTS_DIR,
+    add_adapter_arguments,
     add_common_arguments,
     apply_threads,
     bar_chart,
@@ -187,12 +188,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--d-out", type=int, default=128)
     parser.add_argument("--batch", type=int, default=8, help="examples, each its own task")
     parser.add_argument("--tokens", type=int, default=64)
-    parser.add_argument("--lora-rank", type=int, default=16)
-    parser.add_argument("--tensor-rank", type=int, default=8)
-    parser.add_argument("--order", type=int, default=2)
-    parser.add_argument("--n-skills", type=int, default=8)
-    parser.add_argument("--n-heads", type=int, default=64)
-    parser.add_argument("--n-tasks", type=int, default=313)
+    add_adapter_arguments(parser)
     parser.add_argument("--min-sample-s", type=float, default=0.05, help="repeat a step until a sample lasts this long")
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of " + ",".join(VARIANTS))
     parser.add_argument("--eager", action="store_true", help="time eager steps instead of compiled ones")

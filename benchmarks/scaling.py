@@ -46,6 +46,7 @@ from common import (  # noqa: E402
     DTYPES,
     RESULTS_DIR,
     T5_SIZES,
+    add_adapter_arguments,
     add_common_arguments,
     apply_threads,
     environment,
@@ -341,12 +342,7 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
     parser.add_argument("--source-length", type=int, default=defaults.source_length)
     parser.add_argument("--target-length", type=int, default=defaults.target_length)
-    parser.add_argument("--lora-rank", type=int, default=defaults.lora_rank)
-    parser.add_argument("--tensor-rank", type=int, default=defaults.tensor_rank)
-    parser.add_argument("--order", type=int, default=defaults.order)
-    parser.add_argument("--n-skills", type=int, default=defaults.n_skills)
-    parser.add_argument("--n-heads", type=int, default=defaults.n_heads)
-    parser.add_argument("--n-tasks", type=int, default=defaults.n_tasks)
+    add_adapter_arguments(parser)
     parser.add_argument("--min-share", type=float, default=0.1,
                         help="an overhead below this share of LoRA's cost is not tested for quadratic growth")
     args = parser.parse_args(argv)

@@ -51,6 +51,7 @@ from common import (  # noqa: E402
     DTYPES,
     RESULTS_DIR,
     T5_SIZES,
+    add_adapter_arguments,
     add_common_arguments,
     apply_threads,
     bar_chart,
@@ -370,15 +371,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_common_arguments(parser, default_json=RESULTS_DIR / "serving.json", default_repeats=7)
     parser.add_argument("--model-size", choices=tuple(T5_SIZES), help="T5 shape (default: tiny; micro with --quick)")
-    parser.add_argument("--n-tasks", type=int, default=313, help="tasks of the model (PEFT loads one LoRA each)")
     parser.add_argument("--requests", type=int, default=32, help="prompts in the batch, each from its own task")
     parser.add_argument("--source-length", type=int, default=64)
     parser.add_argument("--new-tokens", type=int, default=16)
-    parser.add_argument("--lora-rank", type=int, default=16)
-    parser.add_argument("--tensor-rank", type=int, default=8)
-    parser.add_argument("--order", type=int, default=2)
-    parser.add_argument("--n-skills", type=int, default=8)
-    parser.add_argument("--n-heads", type=int, default=64)
+    add_adapter_arguments(parser, n_tasks_help="tasks of the model (PEFT loads one LoRA each)")
     parser.add_argument("--methods", default=",".join(ROUTED), help="comma-separated subset of " + ",".join(ROUTED))
     parser.add_argument("--peft-adapters", choices=("all", "batch"), default="batch",
                         help="LoRAs PEFT loads: every task's, or the batch's only (default; its speed is the same, "

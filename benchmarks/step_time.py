@@ -57,6 +57,7 @@ from common import (  # noqa: E402
     RESULTS_DIR,
     T5_SIZES,
     T5_TARGETS,
+    add_adapter_arguments,
     add_common_arguments,
     apply_threads,
     bar_chart,
@@ -581,12 +582,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--target-length", type=int, default=OVERHEAD_BATCH[2], help="target tokens, other sizes")
     parser.add_argument("--headline-repeats", type=int, default=7,
                         help="rounds at T0-3B shapes, where a step lasts seconds on a CPU (default: %(default)s)")
-    parser.add_argument("--lora-rank", type=int, default=16)
-    parser.add_argument("--tensor-rank", type=int, default=8)
-    parser.add_argument("--order", type=int, default=2)
-    parser.add_argument("--n-skills", type=int, default=8)
-    parser.add_argument("--n-heads", type=int, default=64)
-    parser.add_argument("--n-tasks", type=int, default=313)
+    add_adapter_arguments(parser)
     parser.add_argument("--routing-noise", choices=("relaxed_bernoulli", "none"), default="relaxed_bernoulli")
     parser.add_argument("--min-sample-s", type=float, default=0.05, help="repeat a step until a sample lasts this long")
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of " + ",".join(VARIANTS))
