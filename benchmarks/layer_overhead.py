@@ -31,6 +31,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import tensoradapt  # noqa: E402
+from tensoradapt.routing.state import RoutingInputs  # noqa: E402
 from common import (  # noqa: E402
     DTYPES,
     RESULTS_DIR,
@@ -89,25 +90,29 @@ def build_layer(variant: str, args: argparse.Namespace, *, device: torch.device,
     return tensoradapt.AdaptedLinear(base, config).train()
 
 
+def route(layer: nn.Module, variant: str, task_ids: torch.Tensor, batch: int) -> None:
+    """Give an `AdaptedLinear` its routing inputs the way a model call does, through its `RoutingState`.
+
+    Task-routed methods get ``task_ids``; T-REX a seeded semantic prior ``(batch, k)`` of cosine
+    similarities in ``[-1, 1]`` (only its shape matters to the cost, as in ``step_time.py``).
+    """
+    if variant in ROUTED:
+        layer.state.push(RoutingInputs(task_ids=task_ids))
+    elif variant == "trex":
+        prior = torch.rand(batch, layer.config.trex_n_clusters, generator=torch.Generator().manual_seed(0)) * 2 - 1
+        weight = layer.base.weight
+        layer.state.push(RoutingInputs(semantic_prior=prior.to(device=weight.device, dtype=weight.dtype)))
+
+
 def make_step(layer: nn.Module, variant: str, x: torch.Tensor, task_ids: torch.Tensor, *,
               compiled: bool) -> Callable[[], None]:
     """One training step of ``layer`` on ``x``: gradients reset, forward, backward of the output's sum."""
     if variant == "floor":
         def forward(inputs: torch.Tensor) -> torch.Tensor:
             return layer(inputs, task_ids)
-    elif variant == "trex":
-        # cosine similarities in [-1, 1] (only their shape matters to the cost), as step_time.py passes them
-        prior = torch.rand(x.shape[0], layer.config.trex_n_clusters, generator=torch.Generator().manual_seed(0))
-        layer.state.semantic_prior = (prior * 2 - 1).to(device=x.device, dtype=x.dtype)
-
-        def forward(inputs: torch.Tensor) -> torch.Tensor:
-            return layer(inputs)
-    elif variant in ROUTED:
-        def forward(inputs: torch.Tensor) -> torch.Tensor:
-            return layer.base(inputs) + layer.delta(inputs, task_ids).to(inputs.dtype)
     else:
-        def forward(inputs: torch.Tensor) -> torch.Tensor:
-            return layer(inputs)
+        route(layer, variant, task_ids, x.shape[0])
+        forward = layer
     call = torch.compile(forward, fullgraph=True) if compiled else forward
     trainable = [p for p in layer.parameters() if p.requires_grad]
 
@@ -181,7 +186,8 @@ def plot(payload: dict, path: Path) -> None:
     )
 
 
-def main(argv: list[str] | None = None) -> dict:
+def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
+    """The run's settings; ``--quick`` shrinks the layer and the rounds to a seconds-long smoke test."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_common_arguments(parser, default_json=RESULTS_DIR / "layer_overhead.json", default_repeats=15)
     parser.add_argument("--d-in", type=int, default=128)
@@ -202,6 +208,11 @@ def main(argv: list[str] | None = None) -> dict:
     if args.quick:
         args.repeats, args.min_sample_s = min(args.repeats, 3), 0.0
         args.d_in, args.d_out, args.tokens, args.n_heads, args.n_tasks = 32, 24, 8, 8, 16
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_arguments(argv)
     apply_threads(args.threads)
     device, dtype = resolve_device(args.device), DTYPES[args.dtype]
     results = measure(args, device=device, dtype=dtype)

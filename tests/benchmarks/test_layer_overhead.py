@@ -60,3 +60,19 @@ def test_bad_flags_are_refused(load_benchmark, tmp_path, capsys, flags, message)
     with pytest.raises(SystemExit):
         benchmark.main(["--quick", "--json", str(tmp_path / "x.json"), *flags])
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("variant", ["poly", "tensorpoly_i", "trex"])
+def test_every_method_is_timed_with_its_routing_inputs(load_benchmark, variant):
+    """Routed layers read the batch's task ids, T-REX its semantic prior, from the layer's routing state."""
+    benchmark = load_benchmark("layer_overhead")
+    args = benchmark.parse_arguments(["--quick"])
+    layer = benchmark.build_layer(variant, args, device=torch.device("cpu"), dtype=torch.float32)
+    x = torch.randn(args.batch, args.tokens, args.d_in, requires_grad=True)
+    task_ids = torch.arange(args.batch) % args.n_tasks
+    benchmark.make_step(layer, variant, x, task_ids, compiled=False)()
+    if variant == "trex":
+        prior = layer.state.semantic_prior_for(args.batch)
+        assert prior is not None and prior.shape == (args.batch, layer.config.trex_n_clusters)
+    else:
+        assert torch.equal(layer.state.task_ids_for(args.batch), task_ids)
