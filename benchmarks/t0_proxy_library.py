@@ -362,13 +362,12 @@ def _sha256(folder: Path) -> str:
 def run(args: argparse.Namespace, argv: Sequence[str],
         load: Callable[[], tuple[torch.nn.Module, Any]] | None = None) -> dict[str, Any]:
     """The whole experiment (module docstring); returns the payload it wrote."""
-    import tensoradapt
-    from t0_recipes.data.tasks import get_task
-    from t0_recipes.scoring.cross_encoder import load_cross_encoder
-    from t0_recipes.scoring.scorers import get_scorer
     from safetensors.torch import load_file, save_file
 
-    from t0_recipes.scoring.cross_encoder import HEAD_NAME
+    import tensoradapt
+    from t0_recipes.data.tasks import get_task
+    from t0_recipes.scoring.cross_encoder import HEAD_NAME, load_cross_encoder
+    from t0_recipes.scoring.scorers import get_scorer
     from tensoradapt.peft_lora import read_peft_lora
 
     start = time.perf_counter()
